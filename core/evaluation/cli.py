@@ -1,0 +1,76 @@
+"""`kontrol eval`: measure the product's own pipeline (embedder, loader, classifier, engine search).
+
+The engine indexes the evaluated collection into `<out>/index` with the configured settings, so the
+latency and indexing figures are the product's; the leave-one-out metrics use the same embedder
+and the same neighbour-vote classifier the bot uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+from core.classify import vote
+from core.evaluation.runner import evaluate
+from core.imageio import load_image
+from core.settings import Settings
+
+HEADLINE = (
+    "species_recall_at_1",
+    "species_map",
+    "coarse_precision_at_10",
+    "species_top1_accuracy",
+    "open_set_not_sure_rate",
+    "near_duplicate_recall_at_1",
+    "query_latency_ms_p50",
+    "query_latency_ms_p95",
+    "indexing_photos_per_s",
+)
+
+
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
+    """Evaluate the collection at --images; print the headline numbers, write JSON + report."""
+    from core.engine import Engine
+
+    out = Path(args.out)
+    settings = settings.model_copy(
+        update={"images_dir": Path(args.images), "index_dir": out / "index"}
+    )
+    engine = Engine(settings)
+    index_report = engine.reindex()
+    embedder = engine.embedder
+    result = evaluate(
+        Path(args.images),
+        args.manifest,
+        embed_fn=lambda images: embedder.embed_images(images).embeddings,
+        classify_fn=lambda species, sims: vote(
+            list(species),
+            sims,
+            min_similarity=settings.classify_min_similarity,
+            min_confidence=settings.classify_min_confidence,
+        )["species"],
+        load_fn=partial(
+            load_image,
+            max_pixels=settings.max_image_pixels,
+            max_bytes=settings.max_image_bytes,
+            min_side=settings.min_image_side,
+            target_size=embedder.input_size,
+        ),
+        query_fn=lambda image: engine.find_similar(image, top_k=settings.top_k),
+        out_dir=out,
+        json_path=args.json,
+        k=settings.classify_neighbors,
+        batch_size=settings.batch_size,
+        min_similarity=settings.classify_min_similarity,
+        min_confidence=settings.classify_min_confidence,
+        model=embedder.name,
+    )
+    print(
+        f"engine index: {index_report.total} photos, {index_report.images_per_s:.1f} photos/s "
+        f"({'full' if index_report.full_rebuild else 'incremental'})"
+    )
+    for key in HEADLINE:
+        print(f"{key}: {result[key]} (n={result['queries'].get(key, '-')})")
+    print(f"report: {result['files'].get('report')}")
+    return 0

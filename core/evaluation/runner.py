@@ -1,0 +1,370 @@
+"""`evaluate()`: run the product's own embedding and classification on a labelled collection.
+
+The runner knows nothing about models or indexes: the caller passes `embed_fn` (a list of PIL
+images -> (N, d) L2-normalised rows) and optionally `classify_fn` (neighbour labels and
+similarities -> species or None) and `query_fn` (one photo -> whatever the product's search
+returns), so the numbers measure exactly the pipeline the bot serves and this module can be tested
+with fake embeddings. Photos are streamed in batches, so memory stays bounded by the batch size
+(the N x N similarity matrix aside, which is fine up to tens of thousands of photos).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from core.errors import KontrolError
+from core.evaluation import metrics
+from core.evaluation.augment import alter_all
+from core.evaluation.labels import LabelledPhoto, load_labels
+from core.evaluation.report import (
+    Neighbour,
+    SheetRow,
+    contact_sheet,
+    similarity_histogram,
+    write_markdown,
+)
+
+#: Images -> (N, d) embeddings; an object with an `.embeddings` array (EmbedOutput) also works.
+EmbedFn = Callable[[list[Image.Image]], Any]
+LoadFn = Callable[[Path], Image.Image]
+QueryFn = Callable[[Image.Image], object]
+ProgressFn = Callable[[str, int, int], None]
+
+REPORT_NAME = "report.md"
+SHEET_NAME = "contact_sheet.png"
+HISTOGRAM_NAME = "similarity_histogram.png"
+JSON_NAME = "eval.json"
+
+
+def default_load(path: Path) -> Image.Image:
+    """Plain decode with EXIF orientation; pass `core.imageio.load_image` to match the product."""
+    with Image.open(path) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
+
+
+def _as_matrix(output: Any, expected: int) -> np.ndarray:
+    """Embeddings from `embed_fn`, re-normalised defensively (cosine must equal dot product)."""
+    emb = np.asarray(getattr(output, "embeddings", output), dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != expected:
+        raise ValueError(f"embed_fn returned shape {emb.shape} for {expected} images")
+    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+class _Embedder:
+    """Streams images into `embed_fn` in batches and collects rows plus time spent."""
+
+    def __init__(self, embed_fn: EmbedFn, batch_size: int) -> None:
+        self.embed_fn, self.batch_size = embed_fn, batch_size
+        self.pending: list[Image.Image] = []
+        self.rows: list[np.ndarray] = []
+        self.seconds = 0.0
+
+    def add(self, images: Sequence[Image.Image]) -> None:
+        self.pending.extend(images)
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            start = time.perf_counter()
+            self.rows.append(_as_matrix(self.embed_fn(self.pending), len(self.pending)))
+            self.seconds += time.perf_counter() - start
+            self.pending = []
+
+    def matrix(self, dim: int | None = None) -> np.ndarray:
+        self.flush()
+        if self.rows:
+            return np.concatenate(self.rows)
+        return np.zeros((0, dim or 0), dtype=np.float32)
+
+
+def _embed_collection(
+    photos: list[LabelledPhoto],
+    embed_fn: EmbedFn,
+    load_fn: LoadFn,
+    batch_size: int,
+    near_duplicates: bool,
+    seed: int,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """Embed originals (timed as indexing) and, per photo, its six alterations (timed apart)."""
+    originals = _Embedder(embed_fn, batch_size)
+    altered = _Embedder(embed_fn, batch_size)
+    kept: list[LabelledPhoto] = []
+    skipped: list[tuple[str, str]] = []
+    altered_of: list[int] = []
+    kinds: list[str] = []
+    load_seconds = alter_seconds = 0.0
+    for number, photo in enumerate(photos, start=1):
+        start = time.perf_counter()
+        try:
+            image = load_fn(photo.path)
+        except (KontrolError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            skipped.append((photo.rel, str(exc) or type(exc).__name__))
+            continue
+        finally:
+            load_seconds += time.perf_counter() - start
+        originals.add([image])
+        if near_duplicates:
+            start = time.perf_counter()
+            # A per-photo seed: reproducible, yet each photo gets its own crop position.
+            variants = alter_all(image, seed=seed * 1_000_003 + len(kept))
+            alter_seconds += time.perf_counter() - start
+            altered.add([img for _, img in variants])
+            kinds.extend(name for name, _ in variants)
+            altered_of.extend([len(kept)] * len(variants))
+        kept.append(photo)
+        if progress:
+            progress("embedding", number, len(photos))
+    gallery = originals.matrix()
+    return {
+        "photos": kept,
+        "skipped": skipped,
+        "gallery": gallery,
+        "altered": altered.matrix(gallery.shape[1] if gallery.size else None),
+        "altered_of": np.array(altered_of, dtype=np.int64),
+        "kinds": kinds,
+        "index_seconds": load_seconds + originals.seconds,
+        "near_dup_seconds": alter_seconds + altered.seconds,
+    }
+
+
+def _search_fn(gallery: np.ndarray, k: int) -> Callable[[np.ndarray], object]:
+    """Top-k inner-product search over the run's embeddings (FAISS when present, as the engine)."""
+    try:
+        import faiss
+    except ImportError:
+        return lambda q: np.argsort(-(q @ gallery.T), axis=1)[:, :k]
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    return lambda q: index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+
+
+def _latencies(
+    photos: list[LabelledPhoto],
+    gallery: np.ndarray,
+    *,
+    embed_fn: EmbedFn,
+    load_fn: LoadFn,
+    query_fn: QueryFn | None,
+    count: int,
+    k: int,
+    seed: int,
+) -> list[float]:
+    """Milliseconds per single-photo query (decode + embed + search, or decode + `query_fn`)."""
+    if not photos or count <= 0:
+        return []
+    search = _search_fn(gallery, min(k, len(photos)))
+
+    def one(path: Path) -> None:
+        image = load_fn(path)
+        if query_fn is not None:
+            query_fn(image)
+        else:
+            search(_as_matrix(embed_fn([image]), 1))
+
+    sample = random.Random(seed).sample(photos, min(count, len(photos)))
+    one(sample[0].path)  # warm-up: first-call allocations are not a user's latency
+    timings = []
+    for photo in sample:
+        start = time.perf_counter()
+        one(photo.path)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return timings
+
+
+def _sheet_rows(
+    photos: list[LabelledPhoto], sim: np.ndarray, count: int, seed: int
+) -> list[SheetRow]:
+    """Sample queries (species with 2+ photos first, so green borders are possible) + top-5."""
+    labels = [p.label for p in photos]
+    mask = metrics.eligible(labels, 2)
+    repeated, single = np.flatnonzero(mask).tolist(), np.flatnonzero(~mask).tolist()
+    rng = random.Random(seed)
+    chosen = rng.sample(repeated, min(count, len(repeated)))
+    chosen += rng.sample(single, min(count - len(chosen), len(single)))
+    idx, sims = metrics.top_k(sim, 5)
+    return [
+        SheetRow(
+            photos[q].path,
+            photos[q].label,
+            [
+                Neighbour(photos[j].path, photos[j].label, float(s))
+                for j, s in zip(idx[q], sims[q], strict=True)
+            ],
+        )
+        for q in chosen
+    ]
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def evaluate(
+    images_dir: Path | str,
+    manifest: Path | str | None = None,
+    *,
+    embed_fn: EmbedFn,
+    classify_fn: metrics.ClassifyFn | None = None,
+    out_dir: Path | str | None = None,
+    json_path: Path | str | None = None,
+    load_fn: LoadFn = default_load,
+    query_fn: QueryFn | None = None,
+    k: int = 10,
+    batch_size: int = 32,
+    seed: int = 0,
+    near_duplicates: bool = True,
+    latency_queries: int = 30,
+    sample_queries: int = 8,
+    min_similarity: float = 0.55,
+    min_confidence: float = 0.35,
+    model: str | None = None,
+    classifier_name: str | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Evaluate search and classification on a labelled collection; returns the metrics dict.
+
+    `classify_fn` defaults to a similarity-weighted kNN vote with `min_similarity` /
+    `min_confidence` as open-set thresholds; `min_similarity` is also drawn on the histogram, and
+    `model` / `classifier_name` only label the report. With `out_dir`, writes report.md, contact_sheet.png,
+    similarity_histogram.png and eval.json there; `json_path` overrides where the JSON goes.
+    Raises ManifestError for bad labels and KontrolError when no photo could be read.
+    """
+    began = time.perf_counter()
+    images_dir = Path(images_dir)
+    photos = load_labels(images_dir, manifest)
+    run = _embed_collection(photos, embed_fn, load_fn, batch_size, near_duplicates, seed, progress)
+    kept: list[LabelledPhoto] = run["photos"]
+    if not kept:
+        raise KontrolError(
+            f"None of the {len(photos)} labelled photos in {images_dir} could be read."
+        )
+    gallery: np.ndarray = run["gallery"]
+    labels = [p.label for p in kept]
+    coarse = [p.coarse for p in kept]
+    has_coarse = any(c is not None for c in coarse)
+    if classify_fn is None:
+        classifier_name = (
+            f"kNN vote (min similarity {min_similarity:g}, min confidence {min_confidence:g})"
+        )
+        classify_fn = metrics.knn_vote_classifier(min_similarity, min_confidence)
+    classifier_name = classifier_name or "caller's classify_fn"
+
+    if progress:
+        progress("metrics", 0, 1)
+    sim = metrics.similarity_matrix(gallery)
+    recall = metrics.species_recall_at_1(sim, labels)
+    mean_ap = metrics.species_map(sim, labels)
+    coarse_p10 = (
+        metrics.coarse_precision_at_k(sim, coarse, k=10) if has_coarse else metrics.Score(None, 0)
+    )
+    loo = metrics.leave_one_out_classify(sim, labels, classify_fn, k=k)
+    open_set = metrics.open_set_not_sure_rate(sim, labels, classify_fn, k=k)
+    near_dup, by_kind = (metrics.Score(None, 0), {})
+    if near_duplicates and len(run["altered_of"]):
+        near_dup, by_kind = metrics.near_duplicate_recall_at_1(
+            run["altered"], run["altered_of"], gallery, run["kinds"]
+        )
+    same, different = metrics.pair_similarities(sim, labels, seed=seed)
+
+    if progress:
+        progress("latency", 0, 1)
+    lat = _latencies(
+        kept,
+        gallery,
+        embed_fn=embed_fn,
+        load_fn=load_fn,
+        query_fn=query_fn,
+        count=latency_queries,
+        k=k,
+        seed=seed,
+    )
+    sizes = metrics.group_sizes(labels)
+    coarse_sizes = metrics.group_sizes(coarse)
+    result: dict[str, Any] = {
+        "species_recall_at_1": _round(recall.value),
+        "species_map": _round(mean_ap.value),
+        "coarse_precision_at_10": _round(coarse_p10.value),
+        "species_top1_accuracy": _round(loo.accuracy.value),
+        "known_species_not_sure_rate": _round(loo.not_sure_rate.value),
+        "open_set_not_sure_rate": _round(open_set.value),
+        "near_duplicate_recall_at_1": _round(near_dup.value),
+        "query_latency_ms_p50": _round(float(np.percentile(lat, 50)), 2) if lat else None,
+        "query_latency_ms_p95": _round(float(np.percentile(lat, 95)), 2) if lat else None,
+        "indexing_photos_per_s": _round(len(kept) / max(run["index_seconds"], 1e-9), 2),
+        "queries": {
+            "species_recall_at_1": recall.n,
+            "species_map": mean_ap.n,
+            "coarse_precision_at_10": coarse_p10.n,
+            "species_top1_accuracy": loo.accuracy.n,
+            "known_species_not_sure_rate": loo.not_sure_rate.n,
+            "open_set_not_sure_rate": open_set.n,
+            "near_duplicate_recall_at_1": near_dup.n,
+        },
+        "near_duplicate_by_alteration": {kind: _round(s.value) for kind, s in by_kind.items()},
+        "similarity": {
+            "same_species_mean": _round(float(same.mean())) if same.size else None,
+            "different_species_mean": _round(float(different.mean())) if different.size else None,
+            "same_pairs": int(same.size),
+            "different_pairs": int(different.size),
+        },
+        "collection": {
+            "images_dir": str(images_dir),
+            "manifest": str(manifest) if manifest else None,
+            "photos": len(kept),
+            "species": len(set(labels)),
+            "species_with_2plus": len(
+                {lab for lab, n in zip(labels, sizes, strict=True) if n >= 2}
+            ),
+            "coarse_groups": len({c for c in coarse if c is not None}),
+            "coarse_groups_15plus": len(
+                {c for c, n in zip(coarse, coarse_sizes, strict=True) if c is not None and n >= 15}
+            ),
+            "skipped": [list(item) for item in run["skipped"]],
+        },
+        "timing": {
+            "indexing_seconds": _round(run["index_seconds"], 3),
+            "near_duplicate_seconds": _round(run["near_dup_seconds"], 3),
+            "latency_queries": len(lat),
+        },
+        "config": {
+            "model": model,
+            "classifier": classifier_name,
+            "k": k,
+            "seed": seed,
+            "batch_size": batch_size,
+            "min_similarity": min_similarity,
+            "min_confidence": min_confidence,
+        },
+        "files": {},
+    }
+    if out_dir is not None:
+        if progress:
+            progress("report", 0, 1)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = _sheet_rows(kept, sim, sample_queries, seed)
+        result["files"]["contact_sheet"] = str(contact_sheet(out / SHEET_NAME, rows))
+        result["files"]["histogram"] = str(
+            similarity_histogram(out / HISTOGRAM_NAME, same, different, threshold=min_similarity)
+        )
+        result["files"]["report"] = str(out / REPORT_NAME)
+    json_target = Path(json_path) if json_path else (Path(out_dir) / JSON_NAME if out_dir else None)
+    if json_target is not None:
+        result["files"]["json"] = str(json_target)
+    result["timing"]["total_seconds"] = _round(time.perf_counter() - began, 3)
+    if out_dir is not None:
+        write_markdown(result["files"]["report"], result)
+    if json_target is not None:
+        json_target.parent.mkdir(parents=True, exist_ok=True)
+        json_target.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    return result

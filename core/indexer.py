@@ -57,6 +57,8 @@ class IndexReport:
     full_rebuild: bool = False
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    #: Report of the species head trained after indexing (None: too few species to train one).
+    head: dict[str, Any] | None = None
 
 
 ProgressCallback = Callable[[IndexProgress], None]

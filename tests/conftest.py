@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings, get_settings, load_settings
+from tests.fake_telegram import fake_telegram, fake_telegram_factory  # noqa: F401
 from tests.helpers import TinyEmbedder, make_collection
 
 
@@ -25,7 +26,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def tiny_settings(tmp_path: Path) -> Settings:
     root = tmp_path / "collection"
-    make_collection(root, {"Canis_lupus": 5, "Vulpes_vulpes": 4, "Felis_catus": 3, "Ursus_arctos": 1})
+    make_collection(
+        root, {"Canis_lupus": 5, "Vulpes_vulpes": 4, "Felis_catus": 3, "Ursus_arctos": 1}
+    )
     return load_settings(
         images_dir=root,
         index_dir=tmp_path / "embeddings",

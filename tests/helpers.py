@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from core.embedders.base import EmbedOutput, Embedder, l2_normalize
+from core.embedders.base import Embedder, EmbedOutput, l2_normalize
 
 
 class TinyEmbedder(Embedder):

@@ -90,7 +90,10 @@ def test_unreadable_files_are_skipped_and_listed(tiny_settings: Settings) -> Non
     Image.new("RGB", (4, 4)).save(root / "Canis_lupus" / "tiny.png")
     report = _engine(tiny_settings).reindex()
     assert report.total == 13
-    assert sorted(p for p, _ in report.skipped) == ["Canis_lupus/broken.jpg", "Canis_lupus/tiny.png"]
+    assert sorted(p for p, _ in report.skipped) == [
+        "Canis_lupus/broken.jpg",
+        "Canis_lupus/tiny.png",
+    ]
     assert all(reason for _, reason in report.skipped)
 
 
@@ -136,7 +139,7 @@ def test_queries_keep_working_during_reindex_and_swap_in_one_step(tiny_settings:
     gate = threading.Event()
     seen: list[int] = []
 
-    def progress(_p) -> None:  # noqa: ANN001
+    def progress(_p) -> None:
         seen.append(engine.stats()["total_images"])  # old index still served mid-run
         gate.set()
 

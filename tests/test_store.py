@@ -27,7 +27,13 @@ def _data(n: int, dim: int = 8, seed: int = 0, kind: str = "flat") -> store.Inde
     index = create_index(kind, dim)
     index.add(emb)
     images = [
-        {"id": i, "uuid": f"u{i}", "path": f"S/u{i}.jpg", "scientific_name": "S", "embedding_index": i}
+        {
+            "id": i,
+            "uuid": f"u{i}",
+            "path": f"S/u{i}.jpg",
+            "scientific_name": "S",
+            "embedding_index": i,
+        }
         for i in range(n)
     ]
     return store.IndexData(images, emb, index, {"model": "m", "model_fingerprint": "fp"})
@@ -69,7 +75,7 @@ def test_missing_and_mismatch(tmp_path: Path) -> None:
         lambda d: (d / store.EMBEDDINGS_FILE).unlink(),
     ],
 )
-def test_damaged_index_is_refused_clearly(tmp_path: Path, damage) -> None:  # noqa: ANN001
+def test_damaged_index_is_refused_clearly(tmp_path: Path, damage) -> None:
     store.save(tmp_path, _data(5))
     damage(tmp_path)
     with pytest.raises(IndexCorruptError, match="kontrol index"):
@@ -91,7 +97,7 @@ def test_interrupted_roll_forward_completes_new_generation(
     real_replace = os.replace
     calls = {"n": 0}
 
-    def crash_after_first(src, dst):  # noqa: ANN001, ANN202
+    def crash_after_first(src, dst):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt("simulated kill between file moves")

@@ -1,0 +1,114 @@
+"""Sending similar collection photos as one album, uploading each photo at most once.
+
+A photo Telegram has seen is sent by its `file_id` (no upload); a new one is sent as a cached
+downscaled JPEG and the `file_id` Telegram returns is remembered. If Telegram rejects remembered
+ids (e.g. the bot token changed), they are forgotten and the album is sent again with uploads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
+from telegram.constants import ParseMode
+from telegram.error import BadRequest
+
+from bot.file_ids import FileIdStore
+from bot.formatting import album_caption
+from bot.i18n import Lang
+from bot.thumbs import PhotoKey, ThumbnailCache
+
+log = logging.getLogger(__name__)
+
+MAX_ALBUM = 10  # Bot API: 2-10 items per media group
+
+
+@dataclass
+class _Item:
+    key: PhotoKey
+    caption: str
+    file_id: str | None
+    name: str
+
+
+def _prepare(hits: list[dict[str, Any]], lang: Lang, file_ids: FileIdStore) -> list[_Item]:
+    """Keys and known ids of the hits whose files still exist (blocking: stats files)."""
+    items = []
+    for hit in hits[:MAX_ALBUM]:
+        try:
+            key = PhotoKey.of(hit["image_path"])
+        except OSError:
+            log.warning("Collection photo vanished since indexing: %s", hit.get("path"))
+            continue
+        name = Path(hit["image_path"]).stem + ".jpg"
+        items.append(_Item(key, album_caption(lang, hit), file_ids.get(key), name))
+    return items
+
+
+def _sources(items: list[_Item], thumbs: ThumbnailCache, use_ids: bool) -> list[str | bytes]:
+    """Per item: its known file_id, else the JPEG copy's bytes (blocking: may render)."""
+    return [
+        item.file_id if use_ids and item.file_id else thumbs.get(item.key.path, item.key)
+        for item in items
+    ]
+
+
+async def _send(
+    bot: Bot, chat_id: int, reply_to: int | None, items: list[_Item], sources: list[str | bytes]
+) -> list[Message]:
+    reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+    if len(items) == 1:  # an album needs at least two items
+        message = await bot.send_photo(
+            chat_id,
+            sources[0],
+            caption=items[0].caption,
+            parse_mode=ParseMode.HTML,
+            filename=items[0].name,
+            reply_parameters=reply,
+        )
+        return [message]
+    media = [
+        InputMediaPhoto(source, caption=item.caption, parse_mode=ParseMode.HTML, filename=item.name)
+        for item, source in zip(items, sources, strict=True)
+    ]
+    return list(await bot.send_media_group(chat_id, media, reply_parameters=reply))
+
+
+async def send_album(
+    bot: Bot,
+    chat_id: int,
+    hits: list[dict[str, Any]],
+    lang: Lang,
+    *,
+    thumbs: ThumbnailCache,
+    file_ids: FileIdStore,
+    reply_to: int | None = None,
+) -> int:
+    """Send `hits` as an album (or one photo); returns how many photos were sent."""
+    items = await asyncio.to_thread(_prepare, hits, lang, file_ids)
+    if not items:
+        return 0
+    use_ids = True
+    sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
+    try:
+        messages = await _send(bot, chat_id, reply_to, items, sources)
+    except BadRequest as exc:
+        stale = [item.key for item in items if item.file_id]
+        if not stale:
+            raise
+        log.warning("Telegram rejected remembered file_ids (%s); uploading again", exc)
+        await asyncio.to_thread(file_ids.forget, stale)
+        use_ids = False
+        sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
+        messages = await _send(bot, chat_id, reply_to, items, sources)
+    learned = {
+        item.key: message.photo[-1].file_id
+        for item, message in zip(items, messages, strict=False)
+        if message.photo and not (use_ids and item.file_id)
+    }
+    await asyncio.to_thread(file_ids.update, learned)
+    return len(messages)

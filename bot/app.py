@@ -1,0 +1,185 @@
+"""Building and running the Telegram bot around a `core.engine.Engine`.
+
+`build_application` wires handlers, flood control and concurrency into a python-telegram-bot
+`Application` (no network I/O yet, so tests can point it at a local fake Bot API server);
+`run_bot` checks the settings, loads the engine and serves updates by polling or webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from telegram import Update
+from telegram.error import TelegramError
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CommandHandler,
+    MessageHandler,
+    filters,
+)
+
+from bot import commands, fallbacks, photo
+from bot.file_ids import FileIdStore
+from bot.logsafe import protect_secret, quiet_http_loggers
+from bot.reindex import ReindexRunner
+from bot.services import KEY, Services
+from bot.thumbs import ThumbnailCache
+from core.errors import ConfigError
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+#: Updates handled at the same time: a slow photo must not make other chats wait.
+CONCURRENT_UPDATES = 8
+#: Retries after a 429 (RetryAfter) before a request is given up.
+FLOOD_RETRIES = 5
+
+NO_TOKEN = (
+    "No Telegram bot token is configured. Create a bot with @BotFather in Telegram "
+    "(send /newbot, then copy the token it gives you), and put it in the environment as "
+    "KONTROL_BOT_TOKEN=<token> or in a .env file next to where you run kontrol."
+)
+
+
+def bot_token(settings: Settings) -> str:
+    """The configured token, or a `ConfigError` saying how to get one."""
+    token = settings.bot_token.get_secret_value().strip() if settings.bot_token else ""
+    if not token:
+        raise ConfigError(NO_TOKEN)
+    return token
+
+
+def check_settings(settings: Settings) -> str:
+    """Fail early, with a readable message, on settings the chosen mode cannot run with."""
+    token = bot_token(settings)
+    if settings.bot_mode == "webhook":
+        missing = [
+            name
+            for name, value in (
+                ("KONTROL_WEBHOOK_URL", settings.webhook_url),
+                ("KONTROL_WEBHOOK_SECRET", settings.webhook_secret),
+            )
+            if not value or (hasattr(value, "get_secret_value") and not value.get_secret_value())
+        ]
+        if missing:
+            raise ConfigError(
+                "Webhook mode needs " + " and ".join(missing) + " (the public HTTPS URL Telegram "
+                "posts to, and a secret token it sends back); or set KONTROL_BOT_MODE=polling."
+            )
+        if not str(settings.webhook_url).startswith("https://"):
+            raise ConfigError("KONTROL_WEBHOOK_URL must be an https:// URL (Telegram requires it).")
+    return token
+
+
+def _add_handlers(app: Application) -> None:
+    fresh = filters.UpdateType.MESSAGE  # edits of old messages are not answered again
+    private = filters.ChatType.PRIVATE & fresh
+    moving = filters.VIDEO | filters.ANIMATION | filters.VIDEO_NOTE | filters.Sticker.ALL
+    app.add_handlers(
+        [
+            CommandHandler("start", commands.on_start, filters=fresh),
+            CommandHandler("help", commands.on_help, filters=fresh),
+            CommandHandler("stats", commands.on_stats, filters=fresh),
+            CommandHandler("species", commands.on_species, filters=fresh),
+            CommandHandler("reindex", commands.on_reindex, filters=fresh),
+            CommandHandler("classify", photo.on_classify, filters=fresh),
+            CommandHandler("similar", photo.on_similar, filters=fresh),
+            MessageHandler(
+                fresh & filters.CaptionRegex(photo.CAPTION_COMMAND), photo.on_caption_command
+            ),
+            MessageHandler(private & moving, fallbacks.on_moving_media),
+            MessageHandler(private & (filters.PHOTO | filters.Document.IMAGE), photo.on_photo),
+            MessageHandler(private & filters.Document.ALL, fallbacks.on_other_document),
+            MessageHandler(private & filters.TEXT, fallbacks.on_text),
+        ]
+    )
+    app.add_error_handler(fallbacks.on_error)
+
+
+async def _post_init(app: Application) -> None:
+    """Publish the command menu (English default, Russian for Russian clients); never fatal."""
+    for lang, code in (("en", None), ("ru", "ru")):
+        try:
+            await app.bot.set_my_commands(commands.menu(lang), language_code=code)
+        except TelegramError as exc:
+            log.warning("Could not register the bot commands (%s): %s", lang, exc)
+
+
+def build_application(
+    settings: Settings,
+    engine: Engine,
+    *,
+    progress_interval: float = 2.5,
+    chat_action_interval: float = 4.0,
+) -> Application:
+    """A ready-to-start Application answering with `engine` (no network I/O happens here)."""
+    token = bot_token(settings)
+    protect_secret(token)
+    quiet_http_loggers()
+    state_dir = settings.bot_state_dir
+    app = (
+        Application.builder()
+        .token(token)
+        .base_url(settings.telegram_api_url)
+        .base_file_url(settings.telegram_file_url)
+        .concurrent_updates(CONCURRENT_UPDATES)
+        .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
+        .media_write_timeout(120)
+        .post_init(_post_init)
+        .build()
+    )
+    app.bot_data[KEY] = Services(
+        settings=settings,
+        engine=engine,
+        thumbs=ThumbnailCache(
+            state_dir, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+        ),
+        file_ids=FileIdStore(state_dir),
+        reindex=ReindexRunner(engine, progress_interval),
+        chat_action_interval=chat_action_interval,
+    )
+    _add_handlers(app)
+    return app
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    quiet_http_loggers()
+
+
+def run_bot(settings: Settings, engine: Engine | None = None) -> None:
+    """Serve the bot until interrupted (blocking); `ConfigError` on unusable settings.
+
+    `engine` lets a caller that already loaded one (e.g. `kontrol run`) share it.
+    """
+    token = check_settings(settings)
+    protect_secret(token)
+    _configure_logging(settings)
+    if engine is None:
+        from core.engine import Engine  # heavy (model runtime): only once settings are sound
+
+        engine = Engine(settings)
+    app = build_application(settings, engine)
+    if settings.bot_mode == "webhook":
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        protect_secret(secret)
+        log.info("Serving via webhook on %s:%s", settings.webhook_listen, settings.webhook_port)
+        app.run_webhook(
+            listen=settings.webhook_listen,
+            port=settings.webhook_port,
+            url_path=urlparse(str(settings.webhook_url)).path.lstrip("/"),
+            webhook_url=settings.webhook_url,
+            secret_token=secret,
+            allowed_updates=Update.ALL_TYPES,
+        )
+    else:
+        log.info("Serving via long polling")
+        app.run_polling(allowed_updates=Update.ALL_TYPES)

@@ -1,0 +1,87 @@
+"""Text commands: /start, /help, /stats, /species and the admin-only /reindex."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import BotCommand, Update
+from telegram.ext import ContextTypes
+
+from bot.formatting import species_list_text, stats_text
+from bot.i18n import TABLES, Lang, lang_of, t
+from bot.replies import not_indexed_text, reply
+from bot.services import get_services
+from core.errors import IndexMissingError
+
+log = logging.getLogger(__name__)
+
+#: Commands advertised in the client's menu (setMyCommands), in this order.
+MENU = ("start", "help", "classify", "similar", "species", "stats", "reindex")
+
+
+def menu(lang: Lang) -> list[BotCommand]:
+    return [BotCommand(name, TABLES[lang][f"cmd_{name}"]) for name in MENU]
+
+
+async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message:
+        await reply(update.effective_message, t(lang_of(update.effective_user), "start"))
+
+
+async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    if update.effective_message:
+        await reply(update.effective_message, t(lang_of(update.effective_user), "help"))
+
+
+async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, svc = update.effective_message, get_services(context)
+    if message is None:
+        return
+    lang = lang_of(update.effective_user)
+    try:
+        if not await asyncio.to_thread(svc.engine.is_indexed):
+            raise IndexMissingError("not indexed")
+        stats = await asyncio.to_thread(svc.engine.stats)
+    except IndexMissingError:
+        await reply(message, not_indexed_text(lang, svc, update))
+        return
+    await reply(message, stats_text(lang, stats))
+
+
+async def on_species(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message, svc = update.effective_message, get_services(context)
+    if message is None:
+        return
+    lang = lang_of(update.effective_user)
+    try:
+        if not await asyncio.to_thread(svc.engine.is_indexed):
+            raise IndexMissingError("not indexed")
+        names = await asyncio.to_thread(svc.engine.species)
+    except IndexMissingError:
+        await reply(message, not_indexed_text(lang, svc, update))
+        return
+    await reply(message, species_list_text(lang, list(names)))
+
+
+async def on_reindex(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Admins only; refused politely while one runs; the work itself runs as a background task."""
+    message, svc = update.effective_message, get_services(context)
+    if message is None:
+        return
+    lang = lang_of(update.effective_user)
+    user_id = update.effective_user.id if update.effective_user else None
+    if not svc.is_admin(user_id):
+        log.info("Refused /reindex from non-admin user %s", user_id)
+        await reply(message, t(lang, "reindex_denied"))
+        return
+    runner = svc.reindex
+    if not runner.try_begin():
+        await reply(message, t(lang, "reindex_busy"))
+        return
+    try:
+        status = await reply(message, t(lang, "reindex_started"))
+        context.application.create_task(runner.run(status, lang), update=update)
+    except BaseException:
+        runner.running = False
+        raise

@@ -1,0 +1,108 @@
+"""Turning engine results into reply texts (Telegram HTML) in the user's language.
+
+Kept apart from the handlers so the wording of every answer can be read and tested in one place.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Any
+
+from bot.i18n import Lang, raw, t
+
+CAPTION_LIMIT = 1024
+
+
+def percent(value: float) -> str:
+    """0.873 -> '87%'; values under 10% keep one decimal so small candidates stay distinct."""
+    share = max(0.0, min(1.0, float(value))) * 100
+    return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
+
+
+def _candidates(lang: Lang, probabilities: dict[str, float], skip: str | None) -> list[str]:
+    return [
+        t(lang, "candidate_line", species=name, probability=percent(p))
+        for name, p in probabilities.items()
+        if name != skip
+    ]
+
+
+def _fallback_line(lang: Lang, fallback: dict[str, Any] | None) -> list[str]:
+    if not fallback:
+        return []
+    common = fallback.get("common_name") or ""
+    species = fallback.get("species") or ""
+    both = common and species and common != species
+    name = f"{common} ({species})" if both else common or species
+    if not name:
+        return []
+    return ["", t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0)))]
+
+
+def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities: bool) -> str:
+    """The species answer: a name and its confidence, or 'not sure' with the closest candidates.
+
+    `all_probabilities` (for /classify) lists the top-5 probabilities instead of "other
+    candidates"; with a plain photo, the runner-ups are listed as "other candidates".
+    """
+    species = result.get("species")
+    probabilities: dict[str, float] = dict(result.get("probabilities") or {})
+    lines: list[str]
+    if species is None:
+        lines = [t(lang, "not_sure"), *_candidates(lang, probabilities, None)]
+        lines += _fallback_line(lang, result.get("fallback"))
+        return "\n".join(lines)
+    lines = [t(lang, "species_result", species=species, confidence=percent(result["confidence"]))]
+    if all_probabilities:
+        rest = _candidates(lang, probabilities, None)
+        header = "probabilities"
+    else:
+        rest = _candidates(lang, probabilities, species)
+        header = "candidates"
+    if rest:
+        lines += ["", t(lang, header), *rest]
+    return "\n".join(lines)
+
+
+def album_caption(lang: Lang, hit: dict[str, Any]) -> str:
+    """One album photo's caption: its species and how similar it is."""
+    similarity = percent(float(hit.get("similarity", 0.0)))
+    return t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)[
+        :CAPTION_LIMIT
+    ]
+
+
+def _when(created_at: object) -> str:
+    if not created_at:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(str(created_at))
+    except ValueError:
+        return str(created_at)
+    suffix = " UTC" if moment.utcoffset() is not None and not moment.utcoffset() else ""
+    return moment.strftime("%Y-%m-%d %H:%M") + suffix
+
+
+def stats_text(lang: Lang, stats: dict[str, Any]) -> str:
+    return t(
+        lang,
+        "stats",
+        total=int(stats.get("total_images", 0)),
+        species=int(stats.get("species_count", 0)),
+        model=str(stats.get("model", "?")),
+        created=_when(stats.get("created_at")),
+    )
+
+
+def species_list_text(lang: Lang, names: list[str]) -> str:
+    lines = "\n".join(f"• <i>{html.escape(name)}</i>" for name in names)
+    return raw(lang, "species_list", count=len(names), names=lines)
+
+
+def unknown_species_text(lang: Lang, query: str, suggestions: list[str]) -> str:
+    hint = ""
+    if suggestions:
+        names = ", ".join(f"<i>{html.escape(name)}</i>" for name in suggestions)
+        hint = raw(lang, "did_you_mean", names=names)
+    return raw(lang, "unknown_species", query=html.escape(query), suggestions=hint)

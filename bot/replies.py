@@ -1,0 +1,27 @@
+"""Small helpers every handler uses to answer: reply in HTML, quoting the user's message."""
+
+from __future__ import annotations
+
+from telegram import Message, ReplyParameters, Update
+from telegram.constants import ParseMode
+
+from bot.i18n import Lang, t
+from bot.services import Services
+
+TEXT_LIMIT = 4096
+
+
+async def reply(message: Message, text: str) -> Message:
+    """Answer `message` as a reply (still sent if the user deleted it meanwhile)."""
+    return await message.reply_text(
+        text[:TEXT_LIMIT],
+        parse_mode=ParseMode.HTML,
+        reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True),
+    )
+
+
+def not_indexed_text(lang: Lang, services: Services, update: Update) -> str:
+    """'Not indexed yet', plus how to fix it: admins are told to run /reindex."""
+    user_id = update.effective_user.id if update.effective_user else None
+    hint = "not_indexed_admin" if services.is_admin(user_id) else "not_indexed_user"
+    return t(lang, "not_indexed") + "\n" + t(lang, hint)

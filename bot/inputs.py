@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from telegram import Bot, Message
 
 from core.errors import ImageError, ImageTooLargeError, ImageTooSmallError
-from core.imageio import load_image
-from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # Bot API getFile limit
 
@@ -88,17 +90,12 @@ def _is_animated(data: bytes) -> bool:
         return False
 
 
-def decode(data: bytes, settings: Settings) -> Image.Image:
+def decode(data: bytes, engine: Engine) -> Image.Image:
     """Bytes -> RGB image under the configured limits (blocking: run via `asyncio.to_thread`)."""
     if _is_animated(data):
         raise InputProblem("animated")
     try:
-        return load_image(
-            data,
-            max_pixels=settings.max_image_pixels,
-            max_bytes=settings.max_image_bytes,
-            min_side=settings.min_image_side,
-        )
+        return engine.read_image(data)
     except ImageTooSmallError:
         raise InputProblem("too_small") from None
     except ImageTooLargeError:

@@ -105,7 +105,7 @@ async def answer(
         action = ChatAction.TYPING if mode == "classify" else ChatAction.UPLOAD_PHOTO
         async with chat_action(context.bot, message.chat_id, action, svc.chat_action_interval):
             data = await download(context.bot, ref)
-            image = await asyncio.to_thread(decode, data, svc.settings)
+            image = await asyncio.to_thread(decode, data, svc.engine)
             classification, hits = await _run_engine(svc, image, mode, species)
             if classification is not None:
                 text = classification_text(

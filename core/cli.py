@@ -110,7 +110,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(settings)
-    hits = engine.find_similar(_load_query(args.image, settings), args.top_k, args.species)
+    hits = engine.find_similar(engine.read_image(Path(args.image)), args.top_k, args.species)
     if args.json:
         _print_json(hits)
     else:
@@ -120,7 +120,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    result = _engine(settings).classify(_load_query(args.image, settings))
+    engine = _engine(settings)
+    result = engine.classify(engine.read_image(Path(args.image)))
     if args.json:
         _print_json(result)
     else:
@@ -173,7 +174,7 @@ def _demo_answer(engine, settings: Settings) -> None:
         print("The collection has no readable photos; nothing to demo.")
         return
     first = index.data.images[0]
-    query = ImageOps.mirror(_load_query(str(Path(settings.images_dir) / first["path"]), settings))
+    query = ImageOps.mirror(engine.read_image(Path(settings.images_dir) / first["path"]))
     result, hits = engine.analyze(query, top_k=settings.top_k)
     print(f"\nDemo query: {first['path']} (mirrored)")
     print(format_classification(result))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -26,6 +27,7 @@ from core.head import (
     load_head,
     maybe_train_after_reindex,
 )
+from core.imageio import load_image
 from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
 from core.search import SearchIndex
@@ -87,6 +89,20 @@ class Engine:
         self._served = None
 
     # --- queries ---------------------------------------------------------------------------------
+    def read_image(self, source: Path | str | bytes | BinaryIO) -> Image.Image:
+        """Decode a query image under the configured limits, at no more than the size it needs.
+
+        Big JPEGs are decoded at reduced scale (Pillow draft mode) for this model's input size.
+        """
+        s = self.settings
+        return load_image(
+            source,
+            max_pixels=s.max_image_pixels,
+            max_bytes=s.max_image_bytes,
+            min_side=s.min_image_side,
+            target_size=self.embedder.input_size,
+        )
+
     def embed_query(self, image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         """One query image -> (L2-normalised embedding (dim,), backbone logits or None)."""
         if not isinstance(image, Image.Image):

@@ -6,12 +6,14 @@ message naming the variable, never deep inside the engine.
 
 from __future__ import annotations
 
+import json
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from core.errors import ConfigError
 
@@ -113,8 +115,9 @@ class Settings(BaseSettings):
 
     # --- Telegram bot --------------------------------------------------------------------------
     bot_token: SecretStr | None = Field(None, description="Telegram bot token from @BotFather.")
-    admin_ids: list[int] = Field(
-        default_factory=list, description="Telegram user ids allowed to run /reindex (JSON list)."
+    admin_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="Telegram user ids allowed to run /reindex: a JSON list `[1, 2]` or `1,2`.",
     )
     telegram_api_url: str = Field(
         "https://api.telegram.org/bot",
@@ -141,16 +144,28 @@ class Settings(BaseSettings):
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_admin_ids(cls, value: object) -> object:
-        """Accept `123,456` as well as the JSON list form `[123, 456]`."""
-        if isinstance(value, str) and value.strip() and not value.strip().startswith("["):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        """Accept the JSON list form `[123, 456]` as well as `123,456`."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ValueError("expected a JSON list of user ids, e.g. [123, 456]") from None
+        return [part for part in re.split(r"[,\s]+", text) if part]
 
 
 def load_settings(**overrides: object) -> Settings:
     """Build settings from env/.env plus overrides; a bad value raises `ConfigError`, not a trace."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"KONTROL_{field.group(1).upper()}" if field else "a KONTROL_* variable"
+        raise ConfigError(f"Invalid configuration: {name} could not be parsed.") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -41,3 +41,9 @@ def tiny_settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def tiny_embedder() -> TinyEmbedder:
     return TinyEmbedder()
+
+
+@pytest.fixture(scope="session")
+def shared_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One models dir per test session, so the ONNX export of the real model happens once."""
+    return tmp_path_factory.mktemp("models")

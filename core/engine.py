@@ -159,7 +159,7 @@ class Engine:
         s = self.settings
         ids, sims = index.neighbours(vector, s.classify_neighbors)
         head = self._head_for(index)
-        if head is not None:
+        if head is not None and head.report.get("preferred"):
             result = head_classification(
                 head,
                 vector,

@@ -298,10 +298,32 @@ def stratified_split(
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
+#: Held-out photos needed before the head may replace the neighbour vote.
+MIN_HOLDOUT_FOR_USE = 20
+
+
 def validated_class_count(data: IndexData) -> int:
     """Species with >= 2 photos (only those can be held out)."""
     _, counts = np.unique([r["scientific_name"] for r in data.images], return_counts=True)
     return int((counts >= 2).sum())
+
+
+def _knn_holdout_accuracy(
+    x: np.ndarray, labels: np.ndarray, train: np.ndarray, held: np.ndarray
+) -> float:
+    """Accuracy of the neighbour vote on the held-out photos, neighbours from the train split."""
+    from core.classify import vote
+
+    sims = x[held] @ x[train].T
+    k = min(10, len(train))
+    hits = 0
+    for row, truth in zip(sims, labels[held], strict=True):
+        top = np.argsort(-row)[:k]
+        result = vote(
+            [str(v) for v in labels[train][top]], row[top], min_similarity=-1.0, min_confidence=0.0
+        )
+        hits += result["species"] == str(truth)
+    return hits / max(1, len(held))
 
 
 def train_head(
@@ -342,6 +364,9 @@ def train_head(
     probs_before = _softmax(held_logits)
     probs_after = _softmax(held_logits / temperature)
 
+    knn_accuracy = _knn_holdout_accuracy(x, labels, train, held)
+    head_accuracy = float((probs_before.argmax(axis=1) == y_held).mean())
+
     mean, scale = _standardiser(x)
     weight, bias = _fit_linear(
         (x - mean) / scale, labels, n_classes, l2=l2, max_iter=max_iter, init=(weight, bias)
@@ -353,7 +378,11 @@ def train_head(
         "train_n": len(train),
         "holdout_n": len(held),
         "total_n": len(x),
-        "holdout_accuracy": float((probs_before.argmax(axis=1) == y_held).mean()),
+        "holdout_accuracy": head_accuracy,
+        "knn_holdout_accuracy": knn_accuracy,
+        # The head answers only where it proved at least as good as the neighbour vote on
+        # enough held-out photos; otherwise it is kept for inspection but not used.
+        "preferred": len(held) >= MIN_HOLDOUT_FOR_USE and head_accuracy >= knn_accuracy,
         "ece_before": expected_calibration_error(probs_before, y_held),
         "ece_after": expected_calibration_error(probs_after, y_held),
         "nll_before": nll(held_logits, y_held),
@@ -440,7 +469,9 @@ def format_report(report: dict[str, Any]) -> str:
     return (
         f"Species head: {report['classes']} species ({report['singleton_classes']} with one photo, "
         f"train-only), {report['train_n']} train / {report['holdout_n']} held-out photos.\n"
-        f"Held-out accuracy {report['holdout_accuracy'] * 100:.1f}%; "
+        f"Held-out accuracy {report['holdout_accuracy'] * 100:.1f}% "
+        f"(neighbour vote: {report.get('knn_holdout_accuracy', float('nan')) * 100:.1f}%; "
+        f"{'head used' if report.get('preferred') else 'vote kept: head not better or too few photos'}); "
         f"ECE {report['ece_before'] * 100:.1f}% -> {report['ece_after'] * 100:.1f}% "
         f"after temperature scaling (T = {report['temperature']:.3f}); "
         f"NLL {report['nll_before']:.3f} -> {report['nll_after']:.3f}; "

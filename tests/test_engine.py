@@ -171,3 +171,26 @@ def test_unchanged_collection_keeps_the_same_generation(tiny_settings: Settings)
     report = engine.reindex()
     assert report.added == 0 and report.unchanged == 13 and embedder.embedded == 0
     assert store.read_metadata(tiny_settings.index_dir)["metadata"]["generation"] == first
+
+
+def test_head_replaces_the_vote_only_when_it_proved_itself(tmp_path: Path) -> None:
+    from core.settings import load_settings
+
+    root = tmp_path / "photos"
+    make_collection(root, {"Aa_aa": 24, "Bb_bb": 24, "Cc_cc": 24, "Dd_dd": 24})
+    settings = load_settings(
+        images_dir=root, index_dir=tmp_path / "idx", models_dir=tmp_path / "m", index_type="flat"
+    )
+    engine = _engine(settings)
+    report = engine.reindex()
+    # well-separated species: the head is as accurate as the vote on >= 20 held-out photos
+    assert report.head is not None and report.head["holdout_n"] >= 20
+    assert report.head["preferred"] is True
+    query = ImageOps.mirror(Image.open(sorted((root / "Bb_bb").glob("*.jpg"))[0]))
+    result = engine.classify(query)
+    assert result["source"] == "head" and result["species"] == "Bb bb"
+    small = _engine(load_settings(**{**settings.model_dump(), "index_dir": tmp_path / "i2"}))
+    small.settings = small.settings.model_copy(update={"images_dir": tmp_path / "few"})
+    make_collection(tmp_path / "few", {"Aa_aa": 2, "Bb_bb": 2})
+    assert small.reindex().head["preferred"] is False  # 1-2 held-out photos prove nothing
+    assert small.classify(query)["source"] == "knn"

@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", help="CSV with file,label[,coarse] columns")
     p.add_argument("--json", help="write the metrics JSON here")
     p.add_argument("--out", default="eval_out", help="folder for the report and pictures")
+    p.add_argument(
+        "--negatives", help="folder of photos with no animal (open-set check); default: samples"
+    )
     common(p)
     p.set_defaults(func=cmd_eval)
 

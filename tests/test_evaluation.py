@@ -351,3 +351,27 @@ def test_evaluate_folder_labels_without_outputs(tmp_path: Path) -> None:
     assert result["known_species_not_sure_rate"] == 1.0
     assert result["open_set_not_sure_rate"] == 1.0  # ... but always right on unknown species
     assert result["query_latency_ms_p50"] is None and result["files"] == {}
+
+
+def test_non_animal_photos_count_as_open_set_queries(tmp_path: Path) -> None:
+    _write_collection(tmp_path / "c", {"A_a": (3, (250, 0, 0)), "B_b": (3, (0, 0, 250))})
+    negatives = []
+    for i, colour in enumerate([(0, 250, 0), (240, 240, 0), (250, 0, 5)]):
+        path = tmp_path / f"neg{i}.png"
+        Image.new("RGB", (40, 40), colour).save(path)
+        negatives.append(path)
+
+    def doubtful_unless_very_close(labels, sims):
+        return labels[0] if sims[0] > 0.99 else None
+
+    result = evaluate(
+        tmp_path / "c",
+        embed_fn=_toy_embed,
+        classify_fn=doubtful_unless_very_close,
+        near_duplicates=False,
+        latency_queries=0,
+        negatives=negatives,
+    )
+    assert result["queries"]["non_animal_not_sure_rate"] == 3
+    # the third "negative" is almost the red species: answered, so 2 of 3 are "not sure"
+    assert result["non_animal_not_sure_rate"] == pytest.approx(2 / 3, abs=1e-3)

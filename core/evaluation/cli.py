@@ -22,11 +22,34 @@ HEADLINE = (
     "coarse_precision_at_10",
     "species_top1_accuracy",
     "open_set_not_sure_rate",
+    "non_animal_not_sure_rate",
     "near_duplicate_recall_at_1",
     "query_latency_ms_p50",
     "query_latency_ms_p95",
     "indexing_photos_per_s",
 )
+
+
+def non_animal_photos(folder: str | None) -> list[Path]:
+    """Photos with no animal for the open-set check: --negatives DIR, else the real sample photos
+    that ship inside installed packages (matplotlib, scikit-learn), when present."""
+    from core.imageio import is_image_file
+
+    if folder:
+        return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
+    found = []
+    for module, rel in (
+        ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+        ("sklearn", "datasets/images/china.jpg"),
+        ("sklearn", "datasets/images/flower.jpg"),
+    ):
+        try:
+            base = Path(__import__(module).__file__).parent
+        except ImportError:
+            continue
+        if (base / rel).exists():
+            found.append(base / rel)
+    return found
 
 
 def run_eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -65,6 +88,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         min_similarity=settings.classify_min_similarity,
         min_confidence=settings.classify_min_confidence,
         model=embedder.name,
+        negatives=non_animal_photos(args.negatives),
     )
     print(
         f"engine index: {index_report.total} photos, {index_report.images_per_s:.1f} photos/s "

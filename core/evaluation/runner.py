@@ -205,6 +205,32 @@ def _sheet_rows(
     ]
 
 
+def _non_animal_not_sure_rate(
+    paths: Sequence[Path],
+    gallery: np.ndarray,
+    labels: list[str],
+    embed_fn: EmbedFn,
+    load_fn: LoadFn,
+    classify_fn: metrics.ClassifyFn,
+    k: int,
+) -> metrics.Score:
+    """Share of photos without any animal that the classifier answers with "not sure"."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_fn(Path(path)))
+        except (KontrolError, OSError, ValueError):
+            continue
+    if not images:
+        return metrics.Score(None, 0)
+    queries = _as_matrix(embed_fn(images), len(images))
+    unsure = 0
+    for row in queries @ gallery.T:
+        top = np.argsort(-row)[: min(k, len(row))]
+        unsure += classify_fn([labels[i] for i in top], row[top]) is None
+    return metrics.Score(unsure / len(images), len(images))
+
+
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -230,6 +256,7 @@ def evaluate(
     model: str | None = None,
     classifier_name: str | None = None,
     progress: ProgressFn | None = None,
+    negatives: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Evaluate search and classification on a labelled collection; returns the metrics dict.
 
@@ -269,6 +296,9 @@ def evaluate(
     )
     loo = metrics.leave_one_out_classify(sim, labels, classify_fn, k=k)
     open_set = metrics.open_set_not_sure_rate(sim, labels, classify_fn, k=k)
+    non_animal = _non_animal_not_sure_rate(
+        negatives, gallery, labels, embed_fn, load_fn, classify_fn, k
+    )
     near_dup, by_kind = (metrics.Score(None, 0), {})
     if near_duplicates and len(run["altered_of"]):
         near_dup, by_kind = metrics.near_duplicate_recall_at_1(
@@ -297,6 +327,7 @@ def evaluate(
         "species_top1_accuracy": _round(loo.accuracy.value),
         "known_species_not_sure_rate": _round(loo.not_sure_rate.value),
         "open_set_not_sure_rate": _round(open_set.value),
+        "non_animal_not_sure_rate": _round(non_animal.value),
         "near_duplicate_recall_at_1": _round(near_dup.value),
         "query_latency_ms_p50": _round(float(np.percentile(lat, 50)), 2) if lat else None,
         "query_latency_ms_p95": _round(float(np.percentile(lat, 95)), 2) if lat else None,
@@ -308,6 +339,7 @@ def evaluate(
             "species_top1_accuracy": loo.accuracy.n,
             "known_species_not_sure_rate": loo.not_sure_rate.n,
             "open_set_not_sure_rate": open_set.n,
+            "non_animal_not_sure_rate": non_animal.n,
             "near_duplicate_recall_at_1": near_dup.n,
         },
         "near_duplicate_by_alteration": {kind: _round(s.value) for kind, s in by_kind.items()},

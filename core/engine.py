@@ -156,8 +156,19 @@ class Engine:
         "not sure", the backbone's own ImageNet prediction is offered as a marked fallback.
         """
         index = self._served_nonempty()
+        ids, sims = index.neighbours(vector, self.settings.classify_neighbors)
+        return self._classify_from(index, vector, logits, ids, sims)
+
+    def _classify_from(
+        self,
+        index: SearchIndex,
+        vector: np.ndarray,
+        logits: np.ndarray | None,
+        ids: np.ndarray,
+        sims: np.ndarray,
+    ) -> dict[str, Any]:
+        """Classification given the query's nearest neighbours (ids, sims), best first."""
         s = self.settings
-        ids, sims = index.neighbours(vector, s.classify_neighbors)
         head = self._head_for(index)
         if head is not None and head.report.get("preferred"):
             result = head_classification(
@@ -196,12 +207,23 @@ class Engine:
     def analyze(
         self, image: Image.Image, top_k: int = 10, species: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Classification and similar photos from one embedding (what a photo in chat gets)."""
+        """Classification and similar photos from one embedding (what a photo in chat gets).
+
+        Without a species filter one neighbour search serves both answers.
+        """
         index = self._served_nonempty()
         if species:
             index.resolve_species(species)
         vector, logits = self.embed_query(image)
-        return self.classify_vector(vector, logits), self.search_vector(vector, top_k, species)
+        votes = self.settings.classify_neighbors
+        if species:
+            ids, sims = index.neighbours(vector, votes)
+            hit_ids, hit_sims = index.neighbours(vector, top_k, species)
+        else:
+            ids, sims = index.neighbours(vector, max(votes, top_k))
+            hit_ids, hit_sims = ids[:top_k], sims[:top_k]
+        classification = self._classify_from(index, vector, logits, ids[:votes], sims[:votes])
+        return classification, index.results(hit_ids, hit_sims)
 
     def species(self) -> list[str]:
         """Species of the served index, sorted (IndexMissingError if nothing is indexed)."""

@@ -194,3 +194,20 @@ def test_head_replaces_the_vote_only_when_it_proved_itself(tmp_path: Path) -> No
     make_collection(tmp_path / "few", {"Aa_aa": 2, "Bb_bb": 2})
     assert small.reindex().head["preferred"] is False  # 1-2 held-out photos prove nothing
     assert small.classify(query)["source"] == "knn"
+
+
+def test_analyze_equals_classify_plus_find_similar(tiny_settings: Settings) -> None:
+    engine = _engine(tiny_settings)
+    engine.reindex()
+    query = make_image(77)
+    for top_k, species in ((3, None), (12, None), (2, "Felis catus")):
+        classification, hits = engine.analyze(query, top_k=top_k, species=species)
+        alone = engine.classify(query)
+        assert classification["species"] == alone["species"]
+        assert list(classification["probabilities"]) == list(alone["probabilities"])
+        assert classification["confidence"] == pytest.approx(alone["confidence"], abs=1e-5)
+        expected = engine.find_similar(query, top_k=top_k, species=species)
+        assert [h["path"] for h in hits] == [h["path"] for h in expected]
+        assert [h["similarity"] for h in hits] == pytest.approx(
+            [h["similarity"] for h in expected], abs=1e-5
+        )

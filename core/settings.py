@@ -61,6 +61,36 @@ class Settings(BaseSettings):
         Path("models/best_model.pth"),
         description="Fine-tuned classifier checkpoint used when model=checkpoint.",
     )
+    descriptor: Literal["pooled", "flip", "imagenet_fusion", "flip_fusion"] = Field(
+        "imagenet_fusion",
+        description=(
+            "What a photo is indexed and searched by (core/embedders/descriptor.py): pooled "
+            "(backbone embedding), flip (mean with the mirrored photo; 2x the compute), "
+            "imagenet_fusion (embedding joined with the ImageNet animal-class probabilities; "
+            "1680 dims), or flip_fusion (both). model=checkpoint has no ImageNet head, so the "
+            "fusion part is dropped there. Part of the index fingerprint: changing it rebuilds "
+            "the index. Default and alternatives measured in BENCHMARKS.md (quality section)."
+        ),
+    )
+    fusion_weight: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "imagenet_fusion / flip_fusion: share of the cosine similarity given to the ImageNet class "
+            "probabilities (0 = pooled embedding only). 0.2 is the largest weight that kept "
+            "near-duplicate recall at the pooled level's >= 0.995 on the demo's 510 queries."
+        ),
+    )
+    fusion_temperature: float = Field(
+        1.0,
+        gt=0.0,
+        le=10.0,
+        description=(
+            "imagenet_fusion / flip_fusion: softmax temperature of the class probabilities "
+            "(>1 flattens them)."
+        ),
+    )
     index_type: Literal["flat_fp16", "flat", "hnsw"] = Field(
         "flat_fp16",
         description=(

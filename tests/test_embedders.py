@@ -185,7 +185,7 @@ def test_horizontal_flip_stays_similar(lite0_onnx) -> None:
 
 
 def test_fingerprints(tmp_path) -> None:
-    base = {"models_dir": tmp_path}
+    base = {"models_dir": tmp_path, "descriptor": "pooled"}  # runtimes, not descriptors
     lite0_t = create_embedder(load_settings(model="efficientnet_lite0", runtime="torch", **base))
     lite0_o = create_embedder(load_settings(model="efficientnet_lite0", runtime="onnx", **base))
     lite2_o = create_embedder(load_settings(model="efficientnet_lite2", runtime="onnx", **base))

@@ -53,17 +53,34 @@ def create_backbone(settings: Settings, *, random_weights: bool = False) -> Torc
 
 
 def create_embedder(settings: Settings, *, random_weights: bool = False) -> Embedder:
-    """Embedder for `settings.model` on `settings.runtime` (onnx default, torch reference).
+    """Embedder for `settings.model` on `settings.runtime` (onnx default, torch reference),
+    wrapped in `settings.descriptor` unless that is `pooled`.
 
     Cheap: nothing is read until `load()`.
     """
     backbone = create_backbone(settings, random_weights=random_weights)
+    embedder: Embedder
     if settings.runtime == "torch":
-        return backbone
-    if settings.runtime == "onnx":
+        embedder = backbone
+    elif settings.runtime == "onnx":
         from core.embedders.onnx_runtime import OnnxEmbedder
 
-        return OnnxEmbedder(
+        embedder = OnnxEmbedder(
             backbone, settings.models_dir, threads=settings.threads, device=settings.device
         )
-    raise ConfigError(f"KONTROL_RUNTIME: unknown runtime {settings.runtime!r}.")
+    else:
+        raise ConfigError(f"KONTROL_RUNTIME: unknown runtime {settings.runtime!r}.")
+    descriptor = settings.descriptor
+    if settings.model == "checkpoint" and descriptor.endswith("fusion"):
+        # A species checkpoint has no ImageNet head to fuse: keep the rest of the descriptor.
+        descriptor = "flip" if descriptor == "flip_fusion" else "pooled"
+    if descriptor == "pooled":
+        return embedder  # the backbone's own space: existing indexes stay valid
+    from core.embedders.descriptor import DescriptorEmbedder
+
+    return DescriptorEmbedder(
+        embedder,
+        descriptor,
+        fusion_weight=settings.fusion_weight,
+        fusion_temperature=settings.fusion_temperature,
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from telegram import BotCommand, Update
 from telegram.ext import ContextTypes
@@ -13,6 +15,9 @@ from bot.i18n import TABLES, Lang, lang_of, t
 from bot.replies import not_indexed_text, reply
 from bot.services import get_services
 from core.errors import IndexMissingError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,13 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await reply(update.effective_message, t(lang_of(update.effective_user), "help"))
 
 
-async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+async def _answer_from_index(
+    update: Update,
+    context: ContextTypes.DEFAULT_TYPE,
+    query: Callable[[Engine], Any],
+    render: Callable[[Lang, Any], str],
+) -> None:
+    """Reply with `render(query(engine))`, or explain that nothing is indexed yet."""
     message, svc = update.effective_message, get_services(context)
     if message is None:
         return
@@ -42,26 +53,26 @@ async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     try:
         if not await asyncio.to_thread(svc.engine.is_indexed):
             raise IndexMissingError("not indexed")
-        stats = await asyncio.to_thread(svc.engine.stats)
+        value = await asyncio.to_thread(query, svc.engine)
     except IndexMissingError:
         await reply(message, not_indexed_text(lang, svc, update))
         return
-    await reply(message, stats_text(lang, stats))
+    await reply(message, render(lang, value))
+
+
+async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Collection size, species count, model and build time."""
+    await _answer_from_index(update, context, lambda engine: engine.stats(), stats_text)
 
 
 async def on_species(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    message, svc = update.effective_message, get_services(context)
-    if message is None:
-        return
-    lang = lang_of(update.effective_user)
-    try:
-        if not await asyncio.to_thread(svc.engine.is_indexed):
-            raise IndexMissingError("not indexed")
-        names = await asyncio.to_thread(svc.engine.species)
-    except IndexMissingError:
-        await reply(message, not_indexed_text(lang, svc, update))
-        return
-    await reply(message, species_list_text(lang, list(names)))
+    """The species of the collection."""
+    await _answer_from_index(
+        update,
+        context,
+        lambda engine: engine.species(),
+        lambda lang, names: species_list_text(lang, list(names)),
+    )
 
 
 async def on_reindex(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

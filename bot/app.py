@@ -7,12 +7,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from telegram import Update
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -168,6 +169,26 @@ def run_bot(settings: Settings, engine: Engine | None = None) -> None:
 
         engine = Engine(settings)
     app = build_application(settings, engine)
+    try:
+        _serve(app, settings)
+    except InvalidToken:
+        raise ConfigError(
+            "Telegram rejected KONTROL_BOT_TOKEN. Copy the token again from @BotFather "
+            "(/mybots -> your bot -> API Token) and restart."
+        ) from None
+    except NetworkError as exc:
+        raise ConfigError(
+            f"Cannot reach the Telegram Bot API at {settings.telegram_api_url} ({exc.message}). "
+            "Check the network, or KONTROL_TELEGRAM_API_URL if you use a local Bot API server."
+        ) from None
+
+
+def _serve(app: Application, settings: Settings) -> None:
+    """Block serving updates by webhook or long polling.
+
+    python-telegram-bot closes the current event loop when it stops, so each run gets a new one.
+    """
+    asyncio.set_event_loop(asyncio.new_event_loop())
     if settings.bot_mode == "webhook":
         secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
         protect_secret(secret)

@@ -482,8 +482,12 @@ def format_report(report: dict[str, Any]) -> str:
 def train_head_cli(args: argparse.Namespace, settings: Settings) -> int:
     """`kontrol train`: fit the head on the saved index, save it, print the report."""
     from core import store
+    from core.embedders import create_embedder
 
-    data = store.load(settings.index_dir)
+    # Only an index of the configured model is worth a head: the engine ignores any other.
+    data = store.load(
+        settings.index_dir, expected_fingerprint=create_embedder(settings).fingerprint
+    )
     head, report = train_head(data)
     path = head.save(settings.models_dir)
     if getattr(args, "json", False):

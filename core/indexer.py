@@ -75,8 +75,8 @@ def _previous(settings: Settings, fingerprint: str) -> tuple[store.IndexData | N
     except IndexMissingError:
         return None, "no index yet"
     except IndexMismatchError as exc:
-        log.warning("Full rebuild: %s", exc)
-        return None, "model or schema changed"
+        log.info("Full rebuild: %s", exc)
+        return None, "model, descriptor or schema changed"
     except IndexCorruptError as exc:
         log.warning("Full rebuild: %s", exc)
         return None, "index damaged"

@@ -11,7 +11,7 @@ import pytest
 
 from core import store
 from core.engine import Engine
-from core.errors import IndexMissingError
+from core.errors import IndexMismatchError, IndexMissingError
 from core.head import (
     HEAD_FILE,
     HeadTrainingError,
@@ -160,7 +160,12 @@ def test_head_classification_open_set() -> None:
     assert far["species"] is None and far["best_similarity"] == 0.2
 
 
-def test_train_cli_on_a_real_index(tiny_settings: Settings, capsys: pytest.CaptureFixture) -> None:
+def test_train_cli_on_a_real_index(
+    tiny_settings: Settings, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.embedders
+
+    monkeypatch.setattr(core.embedders, "create_embedder", lambda settings: TinyEmbedder())
     with pytest.raises(IndexMissingError):
         train_head_cli(argparse.Namespace(), tiny_settings)
     Engine(tiny_settings, embedder=TinyEmbedder()).reindex()
@@ -174,3 +179,7 @@ def test_train_cli_on_a_real_index(tiny_settings: Settings, capsys: pytest.Captu
     )
     assert head is not None and head.dim == TinyEmbedder.dim
     assert sorted(head.classes) == ["Canis lupus", "Felis catus", "Ursus arctos", "Vulpes vulpes"]
+    # an index of another model gets no head: the engine would never use it
+    monkeypatch.setattr(core.embedders, "create_embedder", lambda settings: TinyEmbedder("v2"))
+    with pytest.raises(IndexMismatchError, match="rebuild"):
+        train_head_cli(argparse.Namespace(), tiny_settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from telegram import Update
@@ -190,17 +190,23 @@ def _serve(app: Application, settings: Settings) -> None:
     """
     asyncio.set_event_loop(asyncio.new_event_loop())
     if settings.bot_mode == "webhook":
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        protect_secret(secret)
-        log.info("Serving via webhook on %s:%s", settings.webhook_listen, settings.webhook_port)
-        app.run_webhook(
-            listen=settings.webhook_listen,
-            port=settings.webhook_port,
-            url_path=urlparse(str(settings.webhook_url)).path.lstrip("/"),
-            webhook_url=settings.webhook_url,
-            secret_token=secret,
-            allowed_updates=Update.ALL_TYPES,
-        )
+        options = webhook_options(settings)
+        protect_secret(options["secret_token"])
+        log.info("Serving via webhook on %s:%s", options["listen"], options["port"])
+        app.run_webhook(**options, allowed_updates=Update.ALL_TYPES)
     else:
         log.info("Serving via long polling")
         app.run_polling(allowed_updates=Update.ALL_TYPES)
+
+
+def webhook_options(settings: Settings) -> dict[str, Any]:
+    """Arguments for python-telegram-bot's webhook server: where to listen, the public URL
+    Telegram posts to (its path is served locally too) and the secret Telegram must send back."""
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    return {
+        "listen": settings.webhook_listen,
+        "port": settings.webhook_port,
+        "url_path": urlparse(str(settings.webhook_url)).path.lstrip("/"),
+        "webhook_url": settings.webhook_url,
+        "secret_token": secret,
+    }

@@ -89,3 +89,15 @@ def test_console_script_is_installed() -> None:
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("demo-data", "index", "search", "classify", "eval", "train", "bot", "run"):
         assert command in out
+
+
+def test_run_without_token_indexes_answers_and_explains(
+    env_collection: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["run"]) == 0
+    out = capsys.readouterr().out
+    assert "Index: 6 photos of 2 species" in out
+    assert "Demo query:" in out and "Most similar photos:" in out
+    assert "@BotFather" in out and "KONTROL_BOT_TOKEN" in out
+    assert main(["run"]) == 0  # second start: incremental, nothing re-embedded
+    assert "(0 embedded now" in capsys.readouterr().out

@@ -171,6 +171,14 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
 
+    @field_validator("bot_token", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_secret_is_unset(cls, value: object) -> object:
+        """`KONTROL_BOT_TOKEN=` (e.g. from .env.example) means no token, not an empty one."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("admin_ids", mode="before")
     @classmethod
     def _parse_admin_ids(cls, value: object) -> object:

@@ -66,3 +66,8 @@ def test_every_field_is_documented() -> None:
 def test_admin_ids_accept_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONTROL_ADMIN_IDS", "12, 34")
     assert load_settings().admin_ids == [12, 34]
+
+
+def test_blank_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KONTROL_BOT_TOKEN", "  ")
+    assert load_settings().bot_token is None

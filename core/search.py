@@ -68,11 +68,10 @@ class SearchIndex:
         index = self.data.index
         fetch = k if index.kind == "flat" else min(pool, max(k * _RESCORE_FACTOR, _RESCORE_MIN))
         _, ids = index.search(query, fetch, subset=subset)
-        ids = ids[0][ids[0] >= 0]
+        # Sorted ids read the (memory-mapped) embeddings in file order.
+        ids = np.sort(ids[0][ids[0] >= 0])
         # Exact float32 re-scoring (also repairs fp16 / approximate ordering).
-        vecs = np.asarray(self.data.embeddings[np.sort(ids)], dtype=np.float32)
-        ids = np.sort(ids)
-        sims = vecs @ query[0]
+        sims = np.asarray(self.data.embeddings[ids], dtype=np.float32) @ query[0]
         order = np.argsort(-sims, kind="stable")[:k]
         return ids[order], sims[order]
 

@@ -12,7 +12,7 @@ from telegram.ext import ContextTypes
 
 from bot.formatting import species_list_text, stats_text
 from bot.i18n import TABLES, Lang, lang_of, t
-from bot.replies import not_indexed_text, reply
+from bot.replies import fixed_reply, not_indexed_text, reply
 from bot.services import get_services
 from core.errors import IndexMissingError
 
@@ -29,14 +29,8 @@ def menu(lang: Lang) -> list[BotCommand]:
     return [BotCommand(name, TABLES[lang][f"cmd_{name}"]) for name in MENU]
 
 
-async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if update.effective_message:
-        await reply(update.effective_message, t(lang_of(update.effective_user), "start"))
-
-
-async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    if update.effective_message:
-        await reply(update.effective_message, t(lang_of(update.effective_user), "help"))
+on_start = fixed_reply("start", "/start: what the bot does.")
+on_help = fixed_reply("help", "/help: how to use the bot.")
 
 
 async def _answer_from_index(

@@ -14,27 +14,18 @@ from telegram.error import Forbidden, NetworkError, TelegramError
 from telegram.ext import ContextTypes
 
 from bot.i18n import lang_of, t
-from bot.replies import reply
+from bot.replies import fixed_reply
 
 log = logging.getLogger(__name__)
 
 
-async def on_text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Plain text (or an unknown command) in a private chat: say what the bot expects."""
-    if update.effective_message:
-        await reply(update.effective_message, t(lang_of(update.effective_user), "text_hint"))
-
-
-async def on_moving_media(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Video, animation, video note or sticker: only still photos are supported."""
-    if update.effective_message:
-        await reply(update.effective_message, t(lang_of(update.effective_user), "animated"))
-
-
-async def on_other_document(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A file that is not an image."""
-    if update.effective_message:
-        await reply(update.effective_message, t(lang_of(update.effective_user), "not_image"))
+on_text = fixed_reply(
+    "text_hint", "Plain text (or an unknown command) in a private chat: say what the bot expects."
+)
+on_moving_media = fixed_reply(
+    "animated", "Video, animation, video note or sticker: only still photos are supported."
+)
+on_other_document = fixed_reply("not_image", "A file that is not an image.")
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

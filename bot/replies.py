@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from telegram import Message, ReplyParameters, Update
 from telegram.constants import ParseMode
+from telegram.ext import ContextTypes
 
-from bot.i18n import Lang, t
+from bot.i18n import Lang, lang_of, t
 from bot.services import Services
 
 TEXT_LIMIT = 4096
@@ -18,6 +21,20 @@ async def reply(message: Message, text: str) -> Message:
         parse_mode=ParseMode.HTML,
         reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True),
     )
+
+
+Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+
+def fixed_reply(key: str, doc: str) -> Handler:
+    """A handler that answers with the i18n text `key` in the user's language."""
+
+    async def handler(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.effective_message:
+            await reply(update.effective_message, t(lang_of(update.effective_user), key))
+
+    handler.__doc__ = doc
+    return handler
 
 
 def not_indexed_text(lang: Lang, services: Services, update: Update) -> str:

@@ -196,6 +196,24 @@ def open_set_not_sure_rate(
     return Score.of(np.array([answers[int(q)] is None for q in queries], dtype=bool))
 
 
+def outsider_not_sure_rate(
+    query_sims: np.ndarray, labels: Sequence[str], classify_fn: ClassifyFn, k: int = 10
+) -> Score:
+    """Photos from outside the gallery (e.g. no animal at all), as (q, N) similarities to it:
+    the share the classifier answers with "not sure" (any species answer is wrong)."""
+    block = np.asarray(query_sims, dtype=np.float32).reshape(-1, len(labels))
+    order = _order(block)[:, :k]
+    return Score.of(
+        np.array(
+            [
+                classify_fn([labels[j] for j in nb], block[row, nb]) is None
+                for row, nb in enumerate(order)
+            ],
+            dtype=bool,
+        )
+    )
+
+
 def near_duplicate_hits(
     query_embeddings: np.ndarray, original_index: np.ndarray, gallery: np.ndarray
 ) -> np.ndarray:

@@ -214,7 +214,7 @@ def _non_animal_not_sure_rate(
     classify_fn: metrics.ClassifyFn,
     k: int,
 ) -> metrics.Score:
-    """Share of photos without any animal that the classifier answers with "not sure"."""
+    """Read and embed the photos with no animal, then score them against the gallery."""
     images = []
     for path in paths:
         try:
@@ -224,11 +224,7 @@ def _non_animal_not_sure_rate(
     if not images:
         return metrics.Score(None, 0)
     queries = _as_matrix(embed_fn(images), len(images))
-    unsure = 0
-    for row in queries @ gallery.T:
-        top = np.argsort(-row)[: min(k, len(row))]
-        unsure += classify_fn([labels[i] for i in top], row[top]) is None
-    return metrics.Score(unsure / len(images), len(images))
+    return metrics.outsider_not_sure_rate(queries @ gallery.T, labels, classify_fn, k)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

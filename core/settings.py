@@ -91,13 +91,30 @@ class Settings(BaseSettings):
             "(>1 flattens them)."
         ),
     )
-    index_type: Literal["flat_fp16", "flat", "hnsw"] = Field(
-        "flat_fp16",
+    index_type: Literal["auto", "flat", "ivf"] = Field(
+        "auto",
         description=(
-            "Vector index: flat_fp16 (exact scan of float16 vectors; ~3x faster than flat at 100k, "
-            "similarities re-scored in float32), flat (exact float32), hnsw (approximate, for "
-            "collections well past 100k photos)."
+            "Embedded (faiss) store's search index: auto (exact scan while the collection is small, "
+            "then IVF with 8-bit codes and float32 re-scoring, its nprobe set from measured "
+            "recall), flat (always exact), ivf (always IVF). Old values flat_fp16 and hnsw mean auto."
         ),
+    )
+    store: Literal["faiss", "qdrant", "milvus", "chroma"] = Field(
+        "faiss",
+        description=(
+            "Vector store: faiss (embedded, files under index_dir), qdrant (server, or local mode "
+            "for a path), milvus (server), chroma (embedded PersistentClient under index_dir)."
+        ),
+    )
+    store_url: str | None = Field(
+        None,
+        description="Server URL of the qdrant or milvus store (e.g. http://127.0.0.1:19530).",
+    )
+    store_collection: str = Field(
+        "kontrol", description="Collection name inside a qdrant, milvus or chroma store."
+    )
+    store_api_key: SecretStr | None = Field(
+        None, description="API key or token of the store server (secret: never logged)."
     )
     runtime: Literal["onnx", "torch"] = Field(
         "onnx",
@@ -171,7 +188,13 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
 
-    @field_validator("bot_token", "webhook_secret", mode="before")
+    @field_validator("index_type", mode="before")
+    @classmethod
+    def _legacy_index_type(cls, value: object) -> object:
+        """flat_fp16 / hnsw (earlier versions) are served by the size-following `auto`."""
+        return "auto" if value in ("flat_fp16", "hnsw") else value
+
+    @field_validator("bot_token", "webhook_secret", "store_api_key", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         """`KONTROL_BOT_TOKEN=` (e.g. from .env.example) means no token, not an empty one."""

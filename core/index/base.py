@@ -56,7 +56,7 @@ def create_index(kind: str, dim: int) -> VectorIndex:
 
     if kind == "flat":
         return FaissFlatIndex(dim, fp16=False)
-    if kind == "flat_fp16":
+    if kind in ("flat_fp16", "auto", "ivf"):
         return FaissFlatIndex(dim, fp16=True)
     if kind == "hnsw":
         return FaissHNSWIndex(dim)

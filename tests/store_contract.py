@@ -137,7 +137,7 @@ def test_unfiltered_search_matches_brute_force(filled) -> None:
 
 
 def test_k_larger_than_store_returns_everything(filled) -> None:
-    store, ids, vecs, _ = filled
+    store, _ids, vecs, _ = filled
     row = store.search(vecs[:1], 500)[0]
     assert len(row) == 120 and len({h.id for h in row}) == 120
 
@@ -183,7 +183,7 @@ def test_upsert_replaces_a_record(filled) -> None:
 
 def test_delete_removes_and_ignores_unknown(filled) -> None:
     store, ids, vecs, _ = filled
-    assert store.delete(ids[:5] + ["never-there"]) == 5
+    assert store.delete([*ids[:5], "never-there"]) == 5
     assert store.count() == 115
     for row in store.search(vecs[:5], 10):
         assert not {h.id for h in row} & set(ids[:5])
@@ -200,7 +200,7 @@ def test_fetch_keeps_order_and_skips_unknown(filled) -> None:
 
 
 def test_iterate_and_values_cover_every_record(filled) -> None:
-    store, ids, vecs, payloads = filled
+    store, ids, _vecs, _payloads = filled
     seen: list[str] = []
     for batch in store.iterate(batch_size=50):
         assert batch.vectors is not None and len(batch.vectors) == len(batch.ids)
@@ -216,7 +216,7 @@ def test_iterate_and_values_cover_every_record(filled) -> None:
 
 
 def test_persistence_across_restart(store_spec, filled) -> None:
-    store, ids, vecs, _ = filled
+    store, _ids, vecs, _ = filled
     if not store.capabilities.persistent:
         pytest.skip("backend is not persistent")
     before = [h.id for h in store.search(vecs[0], 10)[0]]
@@ -231,7 +231,7 @@ def test_persistence_across_restart(store_spec, filled) -> None:
 
 
 def test_read_only_store_refuses_writes(store_spec, filled) -> None:
-    store, ids, vecs, payloads = filled
+    _store, ids, vecs, payloads = filled
     reader = open_spec(store_spec, read_only=True)
     try:
         with pytest.raises(KontrolError):

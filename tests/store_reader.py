@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.store_contract import open_spec  # noqa: E402
+from tests.store_contract import open_spec
 
 
 def main() -> None:

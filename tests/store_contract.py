@@ -76,6 +76,7 @@ def filled(store: VectorStore):
     store.initialise(StoreInfo(fingerprint=FP, dim=DIM, model="test"))
     with store.writer():
         store.upsert(ids, vecs, payloads)
+        store.maintain()  # lets a backend build its search index (cheap when nothing to do)
     return store, ids, vecs, payloads
 
 

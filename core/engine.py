@@ -1,12 +1,15 @@
-"""The engine: one embedder, one served index, and the operations the CLI and the bot need.
+"""The engine: one embedder, one vector store, and the operations the CLI and the bot need.
 
-Queries are thread-safe and may run concurrently. A re-index runs beside them and, when done,
-replaces the served index with one reference assignment, so queries switch from the old index to
-the new one in a single step. All methods block (CPU work): async callers use asyncio.to_thread.
+Queries are thread-safe and may run concurrently. The engine serves the store read-only; a
+re-index writes through its own writer handle, and the serving handle picks up the new generation
+on its next query (the store notices it), so queries switch from the old state to the new one in a
+single step, in this process and in every other process serving the same store. All methods block
+(CPU work): async callers use asyncio.to_thread.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -15,38 +18,49 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from core import store
 from core.classify import vote
+from core.collection import normalize_species
 from core.embedders import create_embedder
 from core.embedders.base import Embedder
-from core.errors import ImageError, IndexBusyError, IndexMissingError
-from core.head import (
-    SpeciesHead,
-    head_classification,
-    index_generation,
-    load_head,
-    maybe_train_after_reindex,
+from core.errors import (
+    ImageError,
+    IndexBusyError,
+    IndexMissingError,
+    KontrolError,
+    UnknownSpeciesError,
 )
+from core.head import SpeciesHead, head_classification, load_head
 from core.imageio import load_image
 from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
-from core.search import SearchIndex
 from core.settings import Settings, get_settings
+from core.vectorstore import Hit, VectorStore, Where, open_store
 
 log = logging.getLogger(__name__)
+
+
+class UnsafePathError(KontrolError):
+    """A stored path points outside the collection (a tampered or foreign index)."""
 
 
 class Engine:
     """Similarity search and species classification over the configured collection."""
 
-    def __init__(self, settings: Settings | None = None, embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
+        store: VectorStore | None = None,
+    ) -> None:
         self.settings = settings or get_settings()
         self.embedder = embedder or create_embedder(self.settings)
-        self._served: SearchIndex | None = None
+        self._store = store
         self._load_lock = threading.Lock()
         self._reindex_lock = threading.Lock()
         self._embedder_loaded = False
         self._head: tuple[str, SpeciesHead | None] | None = None
+        self._species: tuple[str, dict[str, int]] | None = None
+        self._head_thread: threading.Thread | None = None
 
     # --- life-cycle ------------------------------------------------------------------------------
     def _ensure_embedder(self) -> Embedder:
@@ -57,36 +71,42 @@ class Engine:
                     self._embedder_loaded = True
         return self.embedder
 
-    def _index(self) -> SearchIndex:
-        """The served index, loaded from disk on first use."""
-        served = self._served
-        if served is not None:
-            return served
-        with self._load_lock:
-            if self._served is None:
-                data = store.load(
-                    self.settings.index_dir,
-                    expected_fingerprint=self.embedder.fingerprint,
-                    expected_dim=self.embedder.dim,
-                )
-                self._served = SearchIndex(data, self.settings.images_dir)
-            return self._served
+    @property
+    def store(self) -> VectorStore:
+        """The store this engine serves from (opened read-only on first use)."""
+        if self._store is None:
+            with self._load_lock:
+                if self._store is None:
+                    self._store = open_store(self.settings, read_only=True)
+        return self._store
+
+    def _checked_store(self) -> tuple[VectorStore, str]:
+        """The store, checked against the configured model; and its generation."""
+        store = self.store
+        info = store.check(self.embedder.fingerprint, self.embedder.dim)
+        return store, info.generation
 
     def warmup(self) -> None:
         """Load model and index now rather than on the first query."""
         self._ensure_embedder()
-        self._index()
+        store, _ = self._checked_store()
+        store.refresh()
 
     def is_indexed(self) -> bool:
-        """True when a non-empty index can be served."""
+        """True when a non-empty index of the configured model can be served."""
         try:
-            return len(self._index()) > 0
+            return self._served_nonempty() is not None
         except IndexMissingError:
             return False
 
     def reload(self) -> None:
-        """Drop the served index so the next query reads the one on disk."""
-        self._served = None
+        """Pick up whatever another process committed to the store."""
+        self.store.refresh()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     # --- queries ---------------------------------------------------------------------------------
     def read_image(self, source: Path | str | bytes | BinaryIO) -> Image.Image:
@@ -116,36 +136,87 @@ class Engine:
         """One query image -> its L2-normalised embedding (dim,)."""
         return self.embed_query(image)[0]
 
-    def _head_for(self, index: SearchIndex) -> SpeciesHead | None:
-        """The trained species head of this index generation, if one exists and is fresh."""
-        generation = index_generation(index.meta)
-        cached = self._head
-        if cached is None or cached[0] != generation:
-            head = load_head(
-                self.settings.models_dir,
-                fingerprint=self.embedder.fingerprint,
-                generation=generation,
-            )
-            cached = (generation, head)
-            self._head = cached
-        return cached[1]
-
-    def _served_nonempty(self) -> SearchIndex:
-        index = self._index()
-        if len(index) == 0:
+    def _served_nonempty(self) -> VectorStore:
+        store, _ = self._checked_store()
+        if store.count() == 0:
             raise IndexMissingError(
                 "The index is empty: the collection has no readable photos yet. "
                 "Add photos and run `kontrol index`."
             )
-        return index
+        return store
+
+    def species_counts(self) -> dict[str, int]:
+        """Photos per species of the served index (cached per store generation)."""
+        store, generation = self._checked_store()
+        cached = self._species
+        if cached is None or cached[0] != generation:
+            cached = (generation, store.values("species"))
+            self._species = cached
+        return cached[1]
+
+    def resolve_species(self, name: str) -> str:
+        """Map user input (`canis_lupus`, `Canis  Lupus`) to the collection's species name."""
+        import difflib
+
+        lookup = {normalize_species(k): k for k in self.species_counts()}
+        key = normalize_species(name)
+        if key in lookup:
+            return lookup[key]
+        close = difflib.get_close_matches(key, list(lookup), n=3, cutoff=0.6)
+        suggestions = [lookup[c] for c in close]
+        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+        raise UnknownSpeciesError(
+            f"The collection has no species {name!r}.{hint}", suggestions=suggestions
+        )
+
+    def _where(self, species: str | None, where: Where | None) -> Where | None:
+        merged = dict(where or {})
+        if species:
+            merged["species"] = self.resolve_species(species)
+        return merged or None
+
+    def neighbours(self, vector: np.ndarray, k: int, where: Where | None = None) -> list[Hit]:
+        """The k nearest collection photos to an embedding (exact similarities), best first."""
+        store = self._served_nonempty()
+        return store.search(np.asarray(vector, np.float32), k, where=where)[0] if k > 0 else []
+
+    def results(self, hits: list[Hit]) -> list[dict[str, Any]]:
+        """The API's result dicts (the seed's keys, plus `path` and the payload's fields)."""
+        root = Path(self.settings.images_dir)
+        out = []
+        for h in hits:
+            rel = str(h.payload.get("path", ""))
+            out.append(
+                {
+                    "image_path": str(_inside(root, rel)),
+                    "path": rel,
+                    "similarity": float(h.score),
+                    "class": h.payload.get("species"),
+                    "uuid": h.id,
+                }
+            )
+        return out
 
     def search_vector(
-        self, vector: np.ndarray, top_k: int = 10, species: str | None = None
+        self,
+        vector: np.ndarray,
+        top_k: int = 10,
+        species: str | None = None,
+        where: Where | None = None,
     ) -> list[dict[str, Any]]:
         """Nearest collection photos to an embedding."""
-        index = self._served_nonempty()
-        ids, sims = index.neighbours(vector, top_k, species)
-        return index.results(ids, sims)
+        return self.results(self.neighbours(vector, top_k, self._where(species, where)))
+
+    def _head_for(self, key: str) -> SpeciesHead | None:
+        """The trained species head for this label set, if one exists and is fresh."""
+        cached = self._head
+        if cached is None or cached[0] != key:
+            head = load_head(
+                self.settings.models_dir, fingerprint=self.embedder.fingerprint, generation=key
+            )
+            cached = (key, head)
+            self._head = cached
+        return cached[1]
 
     def classify_vector(
         self, vector: np.ndarray, logits: np.ndarray | None = None
@@ -155,21 +226,16 @@ class Engine:
         Both are open-set aware (the best neighbour's similarity gates either). When the answer is
         "not sure", the backbone's own ImageNet prediction is offered as a marked fallback.
         """
-        index = self._served_nonempty()
-        ids, sims = index.neighbours(vector, self.settings.classify_neighbors)
-        return self._classify_from(index, vector, logits, ids, sims)
+        hits = self.neighbours(vector, self.settings.classify_neighbors)
+        return self._classify_from(vector, logits, hits)
 
     def _classify_from(
-        self,
-        index: SearchIndex,
-        vector: np.ndarray,
-        logits: np.ndarray | None,
-        ids: np.ndarray,
-        sims: np.ndarray,
+        self, vector: np.ndarray, logits: np.ndarray | None, hits: list[Hit]
     ) -> dict[str, Any]:
-        """Classification given the query's nearest neighbours (ids, sims), best first."""
+        """Classification given the query's nearest neighbours, best first."""
         s = self.settings
-        head = self._head_for(index)
+        sims = np.array([h.score for h in hits], dtype=np.float32)
+        head = self._head_for(label_set_key(self.species_counts()))
         if head is not None and head.report.get("preferred"):
             result = head_classification(
                 head,
@@ -180,7 +246,7 @@ class Engine:
             )
         else:
             result = vote(
-                [str(x) for x in index.species[ids]],
+                [str(h.payload.get("species")) for h in hits],
                 sims,
                 min_similarity=s.classify_min_similarity,
                 min_confidence=s.classify_min_confidence,
@@ -191,13 +257,16 @@ class Engine:
         return result
 
     def find_similar(
-        self, image: Image.Image, top_k: int = 10, species: str | None = None
+        self,
+        image: Image.Image,
+        top_k: int = 10,
+        species: str | None = None,
+        where: Where | None = None,
     ) -> list[dict[str, Any]]:
-        """The `top_k` most similar collection photos, best first (optionally one species)."""
-        index = self._served_nonempty()  # fail before the costly embedding
-        if species:
-            index.resolve_species(species)
-        return self.search_vector(self.embed(image), top_k, species)
+        """The `top_k` most similar collection photos, best first (optionally filtered)."""
+        self._served_nonempty()  # fail before the costly embedding
+        flt = self._where(species, where)
+        return self.results(self.neighbours(self.embed(image), top_k, flt))
 
     def classify(self, image: Image.Image) -> dict[str, Any]:
         """Predicted species with confidence and top probabilities; species=None when unsure."""
@@ -205,40 +274,54 @@ class Engine:
         return self.classify_vector(*self.embed_query(image))
 
     def analyze(
-        self, image: Image.Image, top_k: int = 10, species: str | None = None
+        self,
+        image: Image.Image,
+        top_k: int = 10,
+        species: str | None = None,
+        where: Where | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Classification and similar photos from one embedding (what a photo in chat gets).
 
-        Without a species filter one neighbour search serves both answers.
+        Without a filter one neighbour search serves both answers.
         """
-        index = self._served_nonempty()
-        if species:
-            index.resolve_species(species)
+        self._served_nonempty()
+        flt = self._where(species, where)
         vector, logits = self.embed_query(image)
         votes = self.settings.classify_neighbors
-        if species:
-            ids, sims = index.neighbours(vector, votes)
-            hit_ids, hit_sims = index.neighbours(vector, top_k, species)
+        if flt:
+            hits = self.neighbours(vector, votes)
+            album = self.neighbours(vector, top_k, flt)
         else:
-            ids, sims = index.neighbours(vector, max(votes, top_k))
-            hit_ids, hit_sims = ids[:top_k], sims[:top_k]
-        classification = self._classify_from(index, vector, logits, ids[:votes], sims[:votes])
-        return classification, index.results(hit_ids, hit_sims)
+            hits = self.neighbours(vector, max(votes, top_k))
+            album = hits[:top_k]
+        classification = self._classify_from(vector, logits, hits[:votes])
+        return classification, self.results(album)
 
     def species(self) -> list[str]:
         """Species of the served index, sorted (IndexMissingError if nothing is indexed)."""
-        return self._served_nonempty().species_names
+        self._served_nonempty()
+        return sorted(self.species_counts())
+
+    def first_photo(self) -> dict[str, Any] | None:
+        """Any one record of the index (the demo answer uses it), or None when empty."""
+        for batch in self.store.iterate(batch_size=1, vectors=False):
+            if batch.ids:
+                return {"uuid": batch.ids[0], **batch.payloads[0]}
+        return None
 
     def stats(self) -> dict[str, Any]:
-        """Collection size, species count, model and build time of the served index."""
-        index = self._index()
-        meta = index.meta
+        """Collection size, species count, model, store and build time of the served index."""
+        store, _ = self._checked_store()
+        info = store.info()
+        extra = info.extra if info else {}
         return {
-            "total_images": len(index),
-            "species_count": len(index.species_rows),
-            "model": meta.get("model"),
-            "created_at": meta.get("created_at"),
-            "index_type": meta.get("index_type"),
+            "total_images": store.count(),
+            "species_count": len(self.species_counts()),
+            "model": info.model if info else None,
+            "created_at": extra.get("created_at"),
+            "updated_at": extra.get("updated_at"),
+            "store": store.backend,
+            "index_type": self.settings.index_type,
             "index_dir": str(self.settings.index_dir),
         }
 
@@ -252,21 +335,74 @@ class Engine:
         progress: ProgressCallback | None = None,
         full: bool = False,
         show_bar: bool = False,
+        allow_empty: bool = False,
+        train: str = "sync",
     ) -> IndexReport:
-        """Re-index the collection (incrementally) and serve the result; one at a time."""
+        """Re-index the collection (incrementally) and serve the result; one at a time.
+
+        train: "sync" fits the species head after the index is committed (the CLI), "background"
+        in a thread (the bot: the index is served at once), "skip" leaves it.
+        """
         if not self._reindex_lock.acquire(blocking=False):
             raise IndexBusyError("A re-index is already running; wait for it to finish.")
         try:
             self._ensure_embedder()
-            data, report = build_index(
-                self.settings, self.embedder, progress=progress, full=full, show_bar=show_bar
+            report = build_index(
+                self.settings,
+                self.embedder,
+                progress=progress,
+                full=full,
+                show_bar=show_bar,
+                allow_empty=allow_empty,
             )
-            self._served = SearchIndex(data, self.settings.images_dir)  # the one-step swap
-            report.head = maybe_train_after_reindex(self.settings, data)
-            self._head = None  # forget a "no head" cached while the head was training
-            return report
+            self.store.refresh()  # serve the new generation now
+            self._species = None
         finally:
             self._reindex_lock.release()
+        if train == "sync":
+            report.head = self.train_head()
+        elif train == "background":
+            self._head_thread = threading.Thread(
+                target=self.train_head, name="kontrol-head", daemon=True
+            )
+            self._head_thread.start()
+        return report
+
+    def train_head(self, *, force: bool = False) -> dict[str, Any] | None:
+        """Fit the species head on a bounded sample of the store if its label set changed."""
+        from core.head_fit import train_head_from_store
+
+        try:
+            store, _ = self._checked_store()
+        except KontrolError:
+            return None
+        report = train_head_from_store(
+            store,
+            self.settings.models_dir,
+            fingerprint=self.embedder.fingerprint,
+            key=label_set_key(store.values("species")),
+            force=force,
+        )
+        self._head = None
+        return report
+
+
+def label_set_key(counts: dict[str, int]) -> str:
+    """Identifies the species set a head was trained for: adding photos of known species keeps
+    it (no retraining per photo); a new or vanished species changes it."""
+    digest = hashlib.sha1("\n".join(sorted(counts)).encode()).hexdigest()[:16]
+    return f"species:{digest}"
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """`root / rel`, refusing a stored path that is absolute or climbs out of the collection."""
+    candidate = Path(rel)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise UnsafePathError(
+            f"The index names a photo outside the collection ({rel!r}); rebuild it with "
+            "`kontrol index --full`."
+        )
+    return root / candidate
 
 
 _engine: Engine | None = None

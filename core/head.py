@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from core.errors import KontrolError
+from core.seed_format import IndexData
 from core.settings import Settings
-from core.store import IndexData
 
 log = logging.getLogger(__name__)
 
@@ -440,30 +440,6 @@ def head_classification(
     return result
 
 
-def maybe_train_after_reindex(settings: Settings, data: IndexData) -> dict[str, Any] | None:
-    """(Re)fit and save the head for a freshly served index; None when skipped or failed.
-
-    A head already saved for this generation (an unchanged re-index) is kept. Failures are logged,
-    never raised: the index is already saved and the neighbour vote still works.
-    """
-    generation = index_generation(data.meta)
-    fingerprint = str(data.meta.get("model_fingerprint"))
-    if not data.images or validated_class_count(data) < MIN_VALIDATED_CLASSES:
-        log.info("Species head skipped: fewer than two species with two or more photos.")
-        return None
-    existing = load_head(settings.models_dir, fingerprint=fingerprint, generation=generation)
-    if existing is not None:
-        return existing.report
-    try:
-        head, report = train_head(data)
-        head.save(settings.models_dir)
-    except Exception:
-        log.exception("Training the species head failed; classifying by neighbour vote.")
-        return None
-    log.info("Species head trained: %s", report)
-    return report
-
-
 def format_report(report: dict[str, Any]) -> str:
     """Human-readable training report."""
     return (
@@ -480,19 +456,21 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def train_head_cli(args: argparse.Namespace, settings: Settings) -> int:
-    """`kontrol train`: fit the head on the saved index, save it, print the report."""
-    from core import store
-    from core.embedders import create_embedder
+    """`kontrol train`: fit the head on a sample of the served index, save it, print the report."""
+    from core.engine import Engine
 
+    engine = Engine(settings)
     # Only an index of the configured model is worth a head: the engine ignores any other.
-    data = store.load(
-        settings.index_dir, expected_fingerprint=create_embedder(settings).fingerprint
-    )
-    head, report = train_head(data)
-    path = head.save(settings.models_dir)
+    engine.store.check(engine.embedder.fingerprint, engine.embedder.dim)
+    report = engine.train_head(force=True)
+    if report is None:
+        raise HeadTrainingError(
+            "A species head needs at least two species with two or more photos each; "
+            "add photos and re-index."
+        )
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
-        print(f"Saved to {path} (index generation {head.generation}).")
+        print(f"Saved to {Path(settings.models_dir) / HEAD_FILE}.")
     return 0

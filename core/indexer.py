@@ -1,9 +1,12 @@
-"""Indexing a collection: scan -> read (decode, in threads) -> embed (batches) -> write (atomic).
+"""Indexing a collection: scan -> diff with the catalogue -> read (threads) -> embed -> upsert.
 
-Incremental: files whose (path, mtime, size) match the current index keep their embeddings; only
-new or changed files are embedded and deleted files are dropped. A different model fingerprint
-forces a full rebuild, so embeddings of two models are never mixed. Unreadable files are skipped
-and listed, never abort the run. Each stage is timed so a slow stage is visible.
+Incremental: a file whose (path, size, mtime) the catalogue already holds is not touched; only new
+or changed files are embedded, in chunks that are committed to the store as they finish (a killed
+run keeps what it did), and deleted files are removed by id. Nothing is rewritten: the store
+appends. A different model fingerprint forces a full rebuild, so embeddings of two models are never
+mixed. Unreadable files are skipped, listed, and remembered, so they are not retried (and nothing is
+re-written) on every run until they change. An empty or missing collection never empties an index
+without `allow_empty`. Each stage is timed so a slow stage is visible.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from core import store
+from core import seed_format
+from core.catalog import Catalog, Entry
 from core.collection import CollectionFile, scan_collection
 from core.embedders.base import Embedder
-from core.errors import IndexCorruptError, IndexMismatchError, IndexMissingError, KontrolError
+from core.errors import IndexCorruptError, KontrolError
 from core.imageio import load_image
-from core.index import create_index
+from core.payloads import collection_payload
 from core.settings import Settings
+from core.vectorstore import StoreInfo, VectorStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,12 @@ class IndexReport:
     timings: dict[str, float] = field(default_factory=dict)
     #: Report of the species head trained after indexing (None: too few species to train one).
     head: dict[str, Any] | None = None
+    #: Store housekeeping done after the writes (compaction, ANN rebuild), if any.
+    maintenance: dict[str, Any] = field(default_factory=dict)
+    #: Records found damaged (checksum, NaN, zero vector) and re-embedded by this run.
+    repaired: int = 0
+    #: True when the run changed the store (a new generation is served).
+    changed: bool = False
 
 
 ProgressCallback = Callable[[IndexProgress], None]
@@ -66,20 +76,6 @@ ProgressCallback = Callable[[IndexProgress], None]
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _previous(settings: Settings, fingerprint: str) -> tuple[store.IndexData | None, str]:
-    """The current index if it can be reused, else None and why a full rebuild is needed."""
-    try:
-        return store.load(settings.index_dir, expected_fingerprint=fingerprint, mmap=True), ""
-    except IndexMissingError:
-        return None, "no index yet"
-    except IndexMismatchError as exc:
-        log.info("Full rebuild: %s", exc)
-        return None, "model, descriptor or schema changed"
-    except IndexCorruptError as exc:
-        log.warning("Full rebuild: %s", exc)
-        return None, "index damaged"
 
 
 def _read_batches(
@@ -121,30 +117,44 @@ def _read_batches(
             yield [f.result() for f in futures]
 
 
-def embed_files(
+@dataclass
+class EmbeddedChunk:
+    """A chunk of files that went through read + embed: the embedded ones and the skipped."""
+
+    files: list[CollectionFile]
+    vectors: np.ndarray
+    skipped: list[tuple[CollectionFile, str]]
+
+
+def embed_stream(
     files: list[CollectionFile],
     root: Path,
     settings: Settings,
     embedder: Embedder,
     *,
+    chunk: int = 1024,
     progress: ProgressCallback | None = None,
     show_bar: bool = False,
-) -> tuple[list[CollectionFile], np.ndarray, list[tuple[str, str]], dict[str, float]]:
-    """Embed files; returns the ones embedded, their (n, dim) vectors, skips and stage timings."""
+    timings: dict[str, float] | None = None,
+) -> Iterator[EmbeddedChunk]:
+    """Read and embed files, yielding chunks of about `chunk` files (bounded memory)."""
     from tqdm import tqdm
 
     workers = max(1, min(4, (os.cpu_count() or 2)))
-    kept: list[CollectionFile] = []
-    vectors: list[np.ndarray] = []
-    skipped: list[tuple[str, str]] = []
+    timings = timings if timings is not None else {}
     embed_s = 0.0
     start = time.perf_counter()
     bar = tqdm(total=len(files), unit="img", disable=not show_bar, desc="Indexing")
-    done = 0
+    done, n_skipped = 0, 0
+    kept: list[CollectionFile] = []
+    vectors: list[np.ndarray] = []
+    skipped: list[tuple[CollectionFile, str]] = []
     try:
         for batch in _read_batches(files, root, settings, embedder, workers):
             good = [(item, arr) for item, arr, _ in batch if arr is not None]
-            skipped.extend((item.path, why) for item, arr, why in batch if arr is None)
+            bad = [(item, why) for item, arr, why in batch if arr is None]
+            skipped.extend(bad)
+            n_skipped += len(bad)
             if good:
                 t0 = time.perf_counter()
                 out = embedder.embed_batch(np.stack([arr for _, arr in good]))
@@ -155,134 +165,288 @@ def embed_files(
             elapsed = time.perf_counter() - start
             rate = done / elapsed if elapsed > 0 else 0.0
             bar.update(len(batch))
-            bar.set_postfix(skipped=len(skipped))
+            bar.set_postfix(skipped=n_skipped)
             if progress is not None:
-                progress(IndexProgress(done, len(files), rate, len(skipped)))
+                progress(IndexProgress(done, len(files), rate, n_skipped))
+            if len(kept) + len(skipped) >= chunk:
+                yield EmbeddedChunk(kept, _stack(vectors, embedder.dim), skipped)
+                kept, vectors, skipped = [], [], []
+        if kept or skipped:
+            yield EmbeddedChunk(kept, _stack(vectors, embedder.dim), skipped)
     finally:
         bar.close()
-    total_s = time.perf_counter() - start
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
-    timings = {"embed_s": embed_s, "read_s": max(0.0, total_s - embed_s), "stage_s": total_s}
-    return kept, matrix, skipped, timings
+        total_s = time.perf_counter() - start
+        timings.update(embed_s=embed_s, read_s=max(0.0, total_s - embed_s), stage_s=total_s)
+
+
+def _stack(vectors: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+
+
+def embed_files(
+    files: list[CollectionFile],
+    root: Path,
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    progress: ProgressCallback | None = None,
+    show_bar: bool = False,
+) -> tuple[list[CollectionFile], np.ndarray, list[tuple[str, str]], dict[str, float]]:
+    """Embed files; returns the ones embedded, their (n, dim) vectors, skips and stage timings."""
+    timings: dict[str, float] = {}
+    kept: list[CollectionFile] = []
+    vectors: list[np.ndarray] = []
+    skipped: list[tuple[str, str]] = []
+    for part in embed_stream(
+        files, root, settings, embedder, progress=progress, show_bar=show_bar, timings=timings
+    ):
+        kept.extend(part.files)
+        vectors.append(part.vectors)
+        skipped.extend((f.path, why) for f, why in part.skipped)
+    return kept, _stack(vectors, embedder.dim), skipped, timings
+
+
+class EmptyCollectionError(KontrolError):
+    """The collection folder holds no photos while the index does (an unmounted volume?)."""
+
+
+#: Stores up to this size are checked row by row (checksums) on every incremental run.
+VERIFY_MAX = 100_000
 
 
 def build_index(
     settings: Settings,
     embedder: Embedder,
     *,
+    store: VectorStore | None = None,
     progress: ProgressCallback | None = None,
     full: bool = False,
     show_bar: bool = False,
-    save: bool = True,
-) -> tuple[store.IndexData, IndexReport]:
-    """(Re)index `settings.images_dir` into `settings.index_dir`; see module docstring."""
+    allow_empty: bool = False,
+    verify: bool | None = None,
+) -> IndexReport:
+    """(Re)index `settings.images_dir` into the configured store; see the module docstring."""
     started = time.perf_counter()
     root = Path(settings.images_dir)
     t0 = time.perf_counter()
     files = scan_collection(root)
-    scan_s = time.perf_counter() - t0
+    timings: dict[str, float] = {"scan_s": time.perf_counter() - t0}
     embedder.load()
+    own = store is None
+    store = store if store is not None else open_store(settings)
+    catalog = Catalog(settings.index_dir)
+    try:
+        with store.writer():
+            return _index_locked(
+                settings,
+                embedder,
+                store,
+                catalog,
+                files,
+                root,
+                timings,
+                started,
+                progress=progress,
+                full=full,
+                show_bar=show_bar,
+                allow_empty=allow_empty,
+                verify=verify,
+            )
+    finally:
+        catalog.close()
+        if own:
+            store.close()
 
-    previous, reason = (
-        (None, "full rebuild requested") if full else _previous(settings, embedder.fingerprint)
-    )
-    old_rows: dict[str, tuple[int, dict[str, Any]]] = {}
-    if previous is not None:
-        old_rows = {img["path"]: (i, img) for i, img in enumerate(previous.images)}
 
-    unchanged: list[tuple[CollectionFile, int]] = []
-    to_embed: list[CollectionFile] = []
-    for item in files:
-        hit = old_rows.get(item.path)
-        if hit and hit[1].get("mtime_ns") == item.mtime_ns and hit[1].get("size") == item.size:
-            unchanged.append((item, hit[0]))
-        else:
-            to_embed.append(item)
-    current = {f.path for f in files}
-    removed = sum(1 for path in old_rows if path not in current)
-
-    if (
-        previous is not None
-        and not to_embed
-        and removed == 0
-        and previous.meta.get("index_type") == settings.index_type
-    ):
-        # Nothing changed: keep serving the same generation (a trained head stays valid).
-        if progress is not None:
-            progress(IndexProgress(0, 0, 0.0, 0))
-        seconds = time.perf_counter() - started
-        report = IndexReport(
-            total=len(previous.images),
-            added=0,
-            removed=0,
-            unchanged=len(unchanged),
-            skipped=[],
-            seconds=seconds,
-            images_per_s=0.0,
-            timings={"scan_s": scan_s},
+def _index_locked(
+    settings: Settings,
+    embedder: Embedder,
+    store: VectorStore,
+    catalog: Catalog,
+    files: list[CollectionFile],
+    root: Path,
+    timings: dict[str, float],
+    started: float,
+    *,
+    progress: ProgressCallback | None,
+    full: bool,
+    show_bar: bool,
+    allow_empty: bool,
+    verify: bool | None,
+) -> IndexReport:
+    reason = _rebuild_reason(settings, embedder, store, catalog, full)
+    if reason:
+        log.info("Full rebuild: %s", reason)
+        store.initialise(_info(embedder, root), reset=True)
+        catalog.clear()
+    known = catalog.entries()
+    if not files and not allow_empty and any(e.id for e in known.values()):
+        raise EmptyCollectionError(
+            f"The collection folder {root} has no photos, but the index holds "
+            f"{sum(1 for e in known.values() if e.id)}. Is the volume mounted? Refusing to empty "
+            "the index; run `kontrol index --allow-empty` if you really removed every photo."
         )
-        return previous, report
+    damaged = _damaged_ids(store, verify)
+    if damaged:
+        log.warning("Re-embedding %d damaged record(s): %s", len(damaged), sorted(damaged)[:10])
+    missing = _missing_from_store(store, catalog) if not reason else set()
 
-    embedded, new_vecs, skipped, timings = embed_files(
-        to_embed, root, settings, embedder, progress=progress, show_bar=show_bar
-    )
+    current = {f.path for f in files}
+    removed = [e for p, e in known.items() if p not in current]
+    to_embed: list[CollectionFile] = []
+    unchanged = 0
+    skipped: list[tuple[str, str]] = []
+    for f in files:
+        e = known.get(f.path)
+        if e is not None and (e.size, e.mtime_ns, e.species) == (f.size, f.mtime_ns, f.species):
+            if e.error:
+                skipped.append((f.path, e.error))
+                continue
+            if e.id not in damaged and e.id not in missing:
+                unchanged += 1
+                continue
+        to_embed.append(f)
+
+    changed = False
+    if removed:
+        store.delete([e.id for e in removed if e.id])
+        catalog.remove([e.path for e in removed])
+        changed = True
+
+    used = {e.id: e.path for e in known.values() if e.id and e.path in current}
+    added = 0
+    for part in embed_stream(
+        to_embed, root, settings, embedder, progress=progress, show_bar=show_bar, timings=timings
+    ):
+        entries = []
+        ids, payloads = [], []
+        for f in part.files:
+            prior = known.get(f.path)
+            id_ = prior.id if prior is not None and prior.id else _new_id(f, used)
+            used[id_] = f.path
+            payload = collection_payload(f, root)
+            ids.append(id_)
+            payloads.append(payload)
+            entries.append(_entry(f, id_, payload))
+        if ids:
+            store.upsert(ids, part.vectors, payloads)
+            added += len(ids)
+            changed = True
+        for f, why in part.skipped:
+            prior = known.get(f.path)
+            if prior is not None and prior.id:
+                store.delete([prior.id])  # the file changed into something unreadable
+                changed = True
+            entries.append(_entry(f, None, {}, error=why))
+            skipped.append((f.path, why))
+        catalog.put(entries)
     if progress is not None and not to_embed:
         progress(IndexProgress(0, 0, 0.0, len(skipped)))
 
-    t0 = time.perf_counter()
-    rows: list[tuple[CollectionFile, np.ndarray]] = []
-    if unchanged:
-        assert previous is not None
-        old_idx = np.array([i for _, i in unchanged], dtype=np.int64)
-        old_vecs = np.asarray(previous.embeddings[old_idx], dtype=np.float32)
-        rows.extend(zip([f for f, _ in unchanged], old_vecs, strict=True))
-    rows.extend(zip(embedded, new_vecs, strict=True))
-    rows.sort(key=lambda r: r[0].path)
-    dim = embedder.dim
-    matrix = np.stack([v for _, v in rows]).astype(np.float32) if rows else np.zeros((0, dim))
-    matrix = matrix.astype(np.float32, copy=False)
-    images = [
-        {
-            "id": i,
-            "uuid": f.uuid,
-            "path": f.path,
-            "scientific_name": f.species,
-            "embedding_index": i,
-            "mtime_ns": f.mtime_ns,
-            "size": f.size,
-        }
-        for i, (f, _) in enumerate(rows)
-    ]
-    index = create_index(settings.index_type, dim)
-    index.add(matrix)
-    now = _now()
-    meta = {
-        "model": embedder.name,
-        "model_fingerprint": embedder.fingerprint,
-        "created_at": now,
-        "generation": uuid.uuid4().hex,
-        "collection_root": str(root.resolve()),
-        "species_count": len({f.species for f, _ in rows}),
-        "skipped": [{"path": p, "reason": r} for p, r in skipped],
-    }
-    data = store.IndexData(images=images, embeddings=matrix, index=index, meta=meta)
-    timings["build_index_s"] = time.perf_counter() - t0
-    if save:
+    maintenance: dict[str, Any] = {}
+    if changed or reason:
         t0 = time.perf_counter()
-        store.save(settings.index_dir, data)
-        timings["write_s"] = time.perf_counter() - t0
-    timings["scan_s"] = scan_s
+        maintenance = store.maintain()
+        timings["maintain_s"] = time.perf_counter() - t0
+        species = store.values("species")
+        store.set_extra(
+            {
+                "collection_root": str(root.resolve()),
+                "updated_at": _now(),
+                "species_count": len(species),
+                "skipped": [{"path": p, "reason": r} for p, r in skipped[:1000]],
+            }
+        )
+    total = store.count()
     seconds = time.perf_counter() - started
-    report = IndexReport(
-        total=len(images),
-        added=len(embedded),
-        removed=removed,
-        unchanged=len(unchanged),
+    return IndexReport(
+        total=total,
+        added=added,
+        removed=len(removed),
+        unchanged=unchanged,
         skipped=skipped,
         seconds=seconds,
         images_per_s=len(to_embed) / timings["stage_s"] if timings.get("stage_s") else 0.0,
-        full_rebuild=previous is None,
+        full_rebuild=bool(reason),
         reason=reason,
         timings=timings,
+        maintenance=maintenance,
+        repaired=len(damaged | missing),
+        changed=changed or bool(reason),
     )
-    return data, report
+
+
+def _info(embedder: Embedder, root: Path) -> StoreInfo:
+    return StoreInfo(
+        fingerprint=embedder.fingerprint,
+        dim=embedder.dim,
+        model=embedder.name,
+        extra={"created_at": _now(), "collection_root": str(root.resolve())},
+    )
+
+
+def _rebuild_reason(
+    settings: Settings, embedder: Embedder, store: VectorStore, catalog: Catalog, full: bool
+) -> str:
+    """Why the store must be rebuilt from scratch ("" when it can be updated in place)."""
+    if full:
+        return "full rebuild requested"
+    info = store.info()
+    if info is None and seed_format.exists(settings.index_dir):
+        imported = seed_format.import_into(settings.index_dir, store, catalog)
+        log.info("Migrated the previous index format: %s", imported)
+        info = store.info()
+    if info is None:
+        return "no index yet"
+    try:
+        store.check(embedder.fingerprint, embedder.dim)
+    except KontrolError:
+        return "model, descriptor or schema changed"
+    return ""
+
+
+def _damaged_ids(store: VectorStore, verify: bool | None) -> set[str]:
+    """Ids whose stored vector fails its checksum (stores that keep checksums)."""
+    check = getattr(store, "verify", None)
+    if check is None or verify is False:
+        return set()
+    if verify is None and store.count() > VERIFY_MAX:
+        return set()
+    try:
+        return set(check()["bad_ids"])
+    except IndexCorruptError as exc:
+        log.warning("Verification failed: %s", exc)
+        return set()
+
+
+def _missing_from_store(store: VectorStore, catalog: Catalog) -> set[str]:
+    """Catalogued ids the store lacks (a run killed between the store and catalogue commits, or
+    a damaged store); they are re-embedded."""
+    if store.count() >= catalog.count():
+        return set()
+    present = {i for batch in store.iterate(vectors=False) for i in batch.ids}
+    return catalog.ids() - present
+
+
+def _new_id(f: CollectionFile, used: dict[str, str]) -> str:
+    """The file's uuid (its stem); a stem already used by another file gets a path suffix."""
+    if f.uuid not in used or used[f.uuid] == f.path:
+        return f.uuid
+    import hashlib
+
+    return f"{f.uuid}~{hashlib.sha1(f.path.encode()).hexdigest()[:8]}"
+
+
+def _entry(f: CollectionFile, id_: str | None, payload: dict[str, Any], error: str | None = None):
+    return Entry(
+        path=f.path,
+        id=id_,
+        species=f.species,
+        size=f.size,
+        mtime_ns=f.mtime_ns,
+        added_at=time.time(),
+        source=payload.get("source"),
+        license=payload.get("license"),
+        author=payload.get("author"),
+        error=error,
+    )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import store
+from core import seed_format as store
 from core.errors import IndexCorruptError, IndexMismatchError, IndexMissingError
 from core.index import create_index
 
@@ -116,7 +116,7 @@ _WRITER = """
 import sys, numpy as np
 sys.path.insert(0, {repo!r})
 from tests.test_store import _data
-from core import store
+from core import seed_format as store
 i = 0
 while True:
     store.save({d!r}, _data(3000 if i % 2 else 2000, dim=256, seed=i))

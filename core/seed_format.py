@@ -1,4 +1,8 @@
-"""Persisting an index under the index directory, atomically.
+"""The seed's index format: `faiss_index.bin`, `image_metadata.json`, `embeddings.npy`.
+
+This was the first version's store; it stays first-class as an exchange format: `kontrol export
+--format seed` writes it, `kontrol import DIR` serves one (any backend), and an index directory in
+this format is migrated into the store on the next `kontrol index` without re-embedding.
 
 The three files (`faiss_index.bin`, `embeddings.npy`, `image_metadata.json`) must change together.
 A save writes them into a private staging folder, fsyncs, then renames that folder to `.pending`:
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import IndexCorruptError, IndexMismatchError, IndexMissingError
+from core.faults import crash_point
 from core.index import VectorIndex, index_from_bytes
 
 SCHEMA_VERSION = 1
@@ -90,6 +95,7 @@ def recover(index_dir: Path) -> None:
             src = pending / name
             if src.exists():
                 os.replace(src, index_dir / name)
+                crash_point(f"seed:moved-{name}")
         _fsync_dir(index_dir)
         shutil.rmtree(pending, ignore_errors=True)
     for stale in index_dir.glob(_STAGING_PREFIX + "*"):
@@ -127,7 +133,9 @@ def save(index_dir: Path, data: IndexData) -> None:
             doc = {"images": data.images, "metadata": meta}
             _write_file(staging / METADATA_FILE, json.dumps(doc, ensure_ascii=False).encode())
             _fsync_dir(staging)
+            crash_point("seed:staged")
             os.rename(staging, index_dir / _PENDING)  # commit point
+            crash_point("seed:committed")
             _fsync_dir(index_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -223,3 +231,130 @@ def load(
             f"{index.ntotal} vectors); rebuild with `kontrol index`."
         )
     return IndexData(images=images, embeddings=embeddings, index=index, meta=meta)
+
+
+# --- exchange with a VectorStore ---------------------------------------------------------------
+MIGRATED_DIR = "migrated-seed"
+IMPORT_BATCH = 4096
+
+
+def import_into(index_dir: Path, store, catalog=None, *, fingerprint: str | None = None) -> dict:
+    """Load a seed-format directory into `store` (re-using its vectors) and its catalogue.
+
+    A directory without a model fingerprint (the very first seed) takes `fingerprint`. When the
+    source is the store's own index directory, the old files move to `migrated-seed/` afterwards.
+    """
+    from core.catalog import Entry
+    from core.payloads import lineage_fields
+    from core.vectorstore import StoreInfo
+
+    index_dir = Path(index_dir)
+    data = load(index_dir, mmap=True)
+    meta = data.meta
+    fp = meta.get("model_fingerprint") or fingerprint
+    if not fp:
+        raise IndexMismatchError(
+            f"{index_dir / METADATA_FILE} does not say which model made it; pass the model with "
+            "`kontrol import DIR --model NAME`."
+        )
+    dim = int(data.embeddings.shape[1])
+    store.initialise(
+        StoreInfo(
+            fingerprint=fp,
+            dim=dim,
+            model=str(meta.get("model", "")),
+            extra={"imported_from": str(index_dir), "created_at": meta.get("created_at")},
+        ),
+        reset=True,
+    )
+    used: set[str] = set()
+    entries = []
+    for start in range(0, len(data.images), IMPORT_BATCH):
+        rows = data.images[start : start + IMPORT_BATCH]
+        ids, payloads = [], []
+        for img in rows:
+            id_ = str(img.get("uuid") or img.get("id"))
+            if id_ in used:
+                id_ = f"{id_}~{start}"
+            used.add(id_)
+            species = str(img.get("scientific_name") or img.get("class") or "")
+            ids.append(id_)
+            payloads.append(
+                {"path": img["path"], "species": species, "source": "collection"}
+                | lineage_fields(species)
+            )
+            entries.append(
+                Entry(
+                    path=img["path"],
+                    id=id_,
+                    species=species,
+                    size=int(img.get("size", -1)),
+                    mtime_ns=int(img.get("mtime_ns", -1)),
+                    added_at=0.0,
+                    source="collection",
+                )
+            )
+        vecs = np.asarray(
+            data.embeddings[[int(r.get("embedding_index", start + i)) for i, r in enumerate(rows)]],
+            dtype=np.float32,
+        )
+        store.upsert(ids, vecs, payloads)
+    if catalog is not None:
+        catalog.clear()
+        catalog.put(entries)
+    store.maintain()
+    return {"records": len(used), "dim": dim, "model": meta.get("model"), "fingerprint": fp}
+
+
+def retire(index_dir: Path) -> Path:
+    """Move a migrated seed index out of the way (kept, never deleted)."""
+    target = Path(index_dir) / MIGRATED_DIR
+    target.mkdir(exist_ok=True)
+    for name in FILES:
+        src = Path(index_dir) / name
+        if src.exists():
+            os.replace(src, target / name)
+    return target
+
+
+def export_from(store, out_dir: Path, *, catalog=None) -> dict:
+    """Write the store's records in the seed's three-file format (an exact flat index)."""
+    from core.index import create_index
+
+    info = store.info()
+    if info is None:
+        raise IndexMissingError("The store is empty: nothing to export. Run `kontrol index` first.")
+    stats = {}
+    if catalog is not None:
+        stats = {e.id: e for e in catalog.entries().values() if e.id}
+    images: list[dict[str, Any]] = []
+    chunks: list[np.ndarray] = []
+    for batch in store.iterate():
+        for id_, payload in zip(batch.ids, batch.payloads, strict=True):
+            n = len(images)
+            entry = stats.get(id_)
+            images.append(
+                {
+                    "id": n,
+                    "uuid": id_,
+                    "path": payload.get("path", ""),
+                    "scientific_name": payload.get("species", ""),
+                    "embedding_index": n,
+                    "mtime_ns": entry.mtime_ns if entry else -1,
+                    "size": entry.size if entry else -1,
+                }
+            )
+        chunks.append(np.asarray(batch.vectors, dtype=np.float32))
+    embeddings = np.concatenate(chunks) if chunks else np.zeros((0, info.dim), np.float32)
+    index = create_index("flat", info.dim)
+    index.add(embeddings)
+    meta = {
+        "model": info.model,
+        "model_fingerprint": info.fingerprint,
+        "generation": info.generation,
+        "created_at": info.extra.get("created_at"),
+        "collection_root": info.extra.get("collection_root"),
+        "species_count": len({i["scientific_name"] for i in images}),
+    }
+    save(Path(out_dir), IndexData(images=images, embeddings=embeddings, index=index, meta=meta))
+    return {"records": len(images), "dim": info.dim, "out": str(out_dir)}

@@ -93,13 +93,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(settings)
-    report = engine.reindex(full=args.full, show_bar=not args.quiet)
+    report = engine.reindex(
+        full=args.full, show_bar=not args.quiet, allow_empty=args.allow_empty, train="skip"
+    )
     mode = f"full rebuild ({report.reason})" if report.full_rebuild else "incremental"
     print(
-        f"Indexed {report.total} photos in {settings.index_dir} [{mode}]: {report.added} embedded, "
-        f"{report.unchanged} unchanged, {report.removed} removed, {len(report.skipped)} skipped; "
-        f"{report.seconds:.1f} s, {report.images_per_s:.1f} photos/s."
+        f"Indexed {report.total} photos in {engine.store.describe()} [{mode}]: {report.added} "
+        f"embedded, {report.unchanged} unchanged, {report.removed} removed, "
+        f"{len(report.skipped)} skipped; {report.seconds:.1f} s, {report.images_per_s:.1f} photos/s."
     )
+    if report.repaired:
+        print(f"Repaired {report.repaired} damaged record(s) by re-embedding them.")
+    if report.maintenance:
+        print(f"Store maintenance: {json.dumps(report.maintenance)}")
+    if report.changed and not args.no_train:
+        head = engine.train_head()
+        if head is not None:
+            print(
+                f"Species head: {head.get('classes')} species, held-out accuracy "
+                f"{head.get('holdout_accuracy', 0) * 100:.0f}%."
+            )
     if report.skipped:
         print("Skipped (unreadable):", file=sys.stderr)
         for path, why in report.skipped:
@@ -107,15 +120,55 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_where(items: list[str] | None) -> dict[str, Any] | None:
+    """`--where family=Felidae --where genus=Felis,Lynx` -> {"family": "Felidae", "genus": [...]}."""
+    where: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise KontrolError(f"--where takes FIELD=VALUE (got {item!r}).")
+        values = [v.strip() for v in value.split(",") if v.strip()]
+        where[key.strip()] = values if len(values) > 1 else values[0]
+    return where or None
+
+
+def _query_paths(args: argparse.Namespace) -> list[str]:
+    """Images named as arguments, or one path per line on stdin when the argument is `-`."""
+    paths: list[str] = []
+    for item in args.image:
+        if item == "-":
+            paths.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            paths.append(item)
+    return paths
+
+
 def cmd_search(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise KontrolError("--top-k must be at least 1.")
     settings = _settings(args)
     engine = _engine(settings)
-    hits = engine.find_similar(engine.read_image(Path(args.image)), args.top_k, args.species)
+    where = _parse_where(args.where)
+    paths = _query_paths(args)
+    results: dict[str, Any] = {}
+    failed = 0
+    for path in paths:
+        try:
+            image = engine.read_image(Path(path))
+            results[path] = engine.find_similar(image, args.top_k, args.species, where)
+        except KontrolError as exc:
+            if len(paths) == 1:
+                raise
+            results[path] = {"error": str(exc)}
+            failed += 1
     if args.json:
-        _print_json(hits)
+        _print_json(results[paths[0]] if len(paths) == 1 else results)
     else:
-        print(format_hits(hits))
-    return 0
+        for path, hits in results.items():
+            if len(paths) > 1:
+                print(f"== {path}")
+            print(f"error: {hits['error']}" if isinstance(hits, dict) else format_hits(hits))
+    return 2 if failed else 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -169,11 +222,10 @@ def _demo_answer(engine, settings: Settings) -> None:
     """Answer one query as the bot would: the first collection photo, flipped."""
     from PIL import ImageOps
 
-    index = engine._index()
-    if len(index) == 0:
+    first = engine.first_photo() if engine.is_indexed() else None
+    if first is None:
         print("The collection has no readable photos; nothing to demo.")
         return
-    first = index.data.images[0]
     query = ImageOps.mirror(engine.read_image(Path(settings.images_dir) / first["path"]))
     result, hits = engine.analyze(query, top_k=settings.top_k)
     print(f"\nDemo query: {first['path']} (mirrored)")
@@ -186,6 +238,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.evaluation.cli import run_eval
 
     return run_eval(args, _settings(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core import seed_format
+    from core.catalog import CATALOG_FILE, Catalog
+
+    settings = _settings(args)
+    engine = _engine(settings)
+    store = engine.store
+    store.check(engine.embedder.fingerprint, engine.embedder.dim)
+    catalog = None
+    if (Path(settings.index_dir) / CATALOG_FILE).exists():
+        catalog = Catalog(settings.index_dir, read_only=True)
+    out = Path(args.out)
+    if out.resolve() == Path(settings.index_dir).resolve():
+        raise KontrolError("--out must be another folder than the index directory.")
+    report = seed_format.export_from(store, out, catalog=catalog)
+    print(f"Exported {report['records']} records ({report['dim']}-d) to {out} in the seed format.")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from core import seed_format
+    from core.catalog import Catalog
+    from core.vectorstore import open_store
+
+    settings = _settings(args)
+    source = Path(args.source)
+    if not seed_format.exists(source):
+        raise KontrolError(
+            f"{source} holds no seed-format index (faiss_index.bin, image_metadata.json, "
+            "embeddings.npy)."
+        )
+    engine = _engine(settings)
+    store = open_store(settings)
+    try:
+        with store.writer():
+            catalog = Catalog(settings.index_dir)
+            try:
+                report = seed_format.import_into(
+                    source, store, catalog, fingerprint=engine.embedder.fingerprint
+                )
+            finally:
+                catalog.close()
+    finally:
+        store.close()
+    print(
+        f"Imported {report['records']} records ({report['dim']}-d, model {report['model']}) "
+        f"from {source} into {settings.store} at {settings.index_dir}."
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    store = engine.store
+    info = store.check(engine.embedder.fingerprint, engine.embedder.dim)
+    check = getattr(store, "verify", None)
+    if check is None:
+        print(f"The {store.backend} store checks its own data; {store.count()} records.")
+        return 0
+    report = check()
+    bad = report["bad_ids"]
+    print(f"Checked {report['checked']} records of {info.model}: {len(bad)} damaged.")
+    for id_ in bad[:20]:
+        print(f"  damaged: {id_}")
+    if bad:
+        print("Run `kontrol index` to re-embed them.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -217,12 +340,25 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, images=True)
     p.add_argument("--full", action="store_true", help="re-embed every photo")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="let an empty collection folder empty the index (refused otherwise)",
+    )
+    p.add_argument("--no-train", action="store_true", help="do not refit the species head")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="most similar collection photos to IMAGE")
-    p.add_argument("image")
+    p = sub.add_parser("search", help="most similar collection photos to each IMAGE")
+    p.add_argument("image", nargs="+", help="image files; `-` reads one path per line from stdin")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--species", help="search within this species only")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="filter on a payload field (genus, family, order, class, source, license, ...); "
+        "VALUE may list alternatives with commas; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print the API's dicts as JSON")
     common(p, images=True)
     p.set_defaults(func=cmd_search)
@@ -243,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write the index in another format")
+    p.add_argument("--format", choices=["seed"], default="seed")
+    p.add_argument("--out", required=True, help="folder for the exported files")
+    common(p, images=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="serve an index written in the seed format")
+    p.add_argument(
+        "source", help="folder with faiss_index.bin, image_metadata.json, embeddings.npy"
+    )
+    common(p, images=True)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("verify", help="check every stored vector against its checksum")
+    common(p, images=True)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("train", help="fit the species head on the indexed embeddings")
     common(p, images=True)

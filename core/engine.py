@@ -20,7 +20,7 @@ from PIL import Image
 
 from core.classify import vote
 from core.collection import normalize_species
-from core.embedders import create_embedder
+from core import embedders
 from core.embedders.base import Embedder
 from core.errors import (
     ImageError,
@@ -53,7 +53,7 @@ class Engine:
         store: VectorStore | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.embedder = embedder or create_embedder(self.settings)
+        self.embedder = embedder or embedders.create_embedder(self.settings)
         self._store = store
         self._load_lock = threading.Lock()
         self._reindex_lock = threading.Lock()

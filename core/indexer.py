@@ -32,6 +32,7 @@ from core.errors import IndexCorruptError, KontrolError
 from core.imageio import load_image
 from core.payloads import collection_payload
 from core.settings import Settings
+from core.taxonomy import load_taxonomy_csv
 from core.vectorstore import StoreInfo, VectorStore, open_store
 
 log = logging.getLogger(__name__)
@@ -314,6 +315,7 @@ def _index_locked(
         changed = True
 
     used = {e.id: e.path for e in known.values() if e.id and e.path in current}
+    overrides = load_taxonomy_csv(root)
     added = 0
     for part in embed_stream(
         to_embed, root, settings, embedder, progress=progress, show_bar=show_bar, timings=timings
@@ -324,7 +326,7 @@ def _index_locked(
             prior = known.get(f.path)
             id_ = prior.id if prior is not None and prior.id else _new_id(f, used)
             used[id_] = f.path
-            payload = collection_payload(f, root)
+            payload = collection_payload(f, root, overrides)
             ids.append(id_)
             payloads.append(payload)
             entries.append(_entry(f, id_, payload))
@@ -395,6 +397,7 @@ def _rebuild_reason(
     if info is None and seed_format.exists(settings.index_dir):
         imported = seed_format.import_into(settings.index_dir, store, catalog)
         log.info("Migrated the previous index format: %s", imported)
+        log.info("The old files were kept in %s.", seed_format.retire(settings.index_dir))
         info = store.info()
     if info is None:
         return "no index yet"

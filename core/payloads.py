@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.collection import CollectionFile
+from core.taxonomy import Overrides, lineage_for, rank_names
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,10 @@ _SIDECAR_KEYS = {"licence": "license", "license": "license", "author": "author",
 _MAX_SIDECAR_BYTES = 64 * 1024
 
 
-def lineage_fields(species: str) -> dict[str, str]:
-    """Genus from the binomial, higher ranks from the shipped taxonomy table when known."""
-    try:
-        from core.taxonomy import lineage_for, rank_names
-    except ImportError:  # the taxonomy table is optional data
-        genus = species.split()[0] if species.split() else ""
-        return {"genus": genus} if genus else {}
-    return {k: v for k, v in rank_names(lineage_for(species)).items() if v}
+def lineage_fields(species: str, overrides: Overrides | None = None) -> dict[str, str]:
+    """Genus from the binomial, higher ranks from the shipped WordNet table or the collection's
+    own `taxonomy.csv` (overrides)."""
+    return {k: v for k, v in rank_names(lineage_for(species, overrides)).items() if v}
 
 
 def read_sidecar(photo: Path) -> dict[str, Any]:
@@ -45,10 +42,12 @@ def read_sidecar(photo: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def collection_payload(f: CollectionFile, root: Path) -> dict[str, Any]:
+def collection_payload(
+    f: CollectionFile, root: Path, overrides: Overrides | None = None
+) -> dict[str, Any]:
     """The payload of a collection photo."""
     payload: dict[str, Any] = {"path": f.path, "species": f.species, "source": "collection"}
-    payload.update(lineage_fields(f.species))
+    payload.update(lineage_fields(f.species, overrides))
     sidecar = read_sidecar(Path(root) / f.path)
     for key, target in _SIDECAR_KEYS.items():
         value = sidecar.get(key)

@@ -126,7 +126,7 @@ def test_engine_indexes_and_searches_fused_vectors(tiny_settings) -> None:
     engine = Engine(tiny_settings, embedder=emb)
     report = engine.reindex()
     assert report.total == 13
-    assert engine._index().data.embeddings.shape == (13, emb.dim)
+    assert engine.store.count() == 13 and engine.store.info().dim == emb.dim
     assert emb.dim % 16 == 0 and emb.dim >= 48 + NUM_ANIMALS
     path = next(Path(tiny_settings.images_dir, "Canis_lupus").iterdir())
     with Image.open(path) as img:

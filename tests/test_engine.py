@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from core import store
 from core.engine import Engine
 from core.errors import IndexBusyError, IndexMissingError, UnknownSpeciesError
 from core.settings import Settings
@@ -79,8 +78,7 @@ def test_model_change_forces_full_rebuild(tiny_settings: Settings) -> None:
         engine.find_similar(make_image(1))
     report = engine.reindex()
     assert report.full_rebuild and report.added == 13 and other.embedded == 13
-    meta = store.read_metadata(tiny_settings.index_dir)["metadata"]
-    assert meta["model_fingerprint"] == "tiny-v2"
+    assert engine.store.info().fingerprint == "tiny-v2"
 
 
 def test_unreadable_files_are_skipped_and_listed(tiny_settings: Settings) -> None:
@@ -153,24 +151,25 @@ def test_queries_keep_working_during_reindex_and_swap_in_one_step(tiny_settings:
 def test_embeddings_are_unit_norm_and_metadata_schema(tiny_settings: Settings) -> None:
     engine = _engine(tiny_settings)
     engine.reindex()
-    data = store.load(tiny_settings.index_dir)
-    norms = np.linalg.norm(np.asarray(data.embeddings), axis=1)
-    assert np.allclose(norms, 1, atol=1e-5)
-    meta = data.meta
-    for key in ("total_images", "embedding_dim", "model", "created_at"):
-        assert key in meta
-    assert [img["embedding_index"] for img in data.images] == list(range(len(data.images)))
+    batches = list(engine.store.iterate())
+    norms = np.linalg.norm(np.concatenate([b.vectors for b in batches]), axis=1)
+    assert len(norms) == 13 and np.allclose(norms, 1, atol=1e-5)
+    info = engine.store.info()
+    assert info.model and info.dim == TinyEmbedder.dim and "created_at" in info.extra
+    payload = batches[0].payloads[0]
+    assert set(payload) >= {"path", "species", "genus", "source"}
+    assert payload["genus"] == payload["species"].split()[0]
 
 
 def test_unchanged_collection_keeps_the_same_generation(tiny_settings: Settings) -> None:
     embedder = TinyEmbedder()
     engine = _engine(tiny_settings, embedder)
     engine.reindex()
-    first = store.read_metadata(tiny_settings.index_dir)["metadata"]["generation"]
+    first = engine.store.info().generation
     embedder.embedded = 0
     report = engine.reindex()
     assert report.added == 0 and report.unchanged == 13 and embedder.embedded == 0
-    assert store.read_metadata(tiny_settings.index_dir)["metadata"]["generation"] == first
+    assert engine.store.info().generation == first
 
 
 def test_head_replaces_the_vote_only_when_it_proved_itself(tmp_path: Path) -> None:

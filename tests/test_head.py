@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import store
 from core.engine import Engine
 from core.errors import IndexMismatchError, IndexMissingError
 from core.head import (
@@ -17,14 +16,15 @@ from core.head import (
     HeadTrainingError,
     expected_calibration_error,
     head_classification,
-    index_generation,
     load_head,
-    maybe_train_after_reindex,
     train_head,
     train_head_cli,
 )
 from core.settings import Settings, load_settings
-from core.store import IndexData
+from core.head_fit import train_head_from_store
+from core.seed_format import IndexData
+from core.vectorstore import StoreInfo
+from core.vectorstore.faiss_store import FaissStore
 from tests.helpers import TinyEmbedder
 
 
@@ -120,26 +120,45 @@ def test_missing_or_damaged_head_gives_none(tmp_path: Path) -> None:
     assert load_head(tmp_path, fingerprint="fp-1", generation="gen-1") is None
 
 
+def _as_store(data: IndexData, path: Path) -> FaissStore:
+    store = FaissStore(path)
+    store.initialise(StoreInfo(fingerprint="fp-1", dim=data.embeddings.shape[1]))
+    ids = [f"p{i}" for i in range(len(data.images))]
+    payloads = [
+        {"path": f"{i}.jpg", "species": r["scientific_name"]} for i, r in enumerate(data.images)
+    ]
+    store.upsert(ids, data.embeddings, payloads)
+    return store
+
+
 def test_too_few_classes(tmp_path: Path) -> None:
-    settings = load_settings(models_dir=tmp_path)
     one = clusters({"Canis lupus": 10, "Vulpes vulpes": 1, "Felis catus": 1})
     with pytest.raises(HeadTrainingError, match="two species"):
         train_head(one)
-    assert maybe_train_after_reindex(settings, one) is None
+    store = _as_store(one, tmp_path / "idx")
+    assert train_head_from_store(store, tmp_path, fingerprint="fp-1", key="k1") is None
     assert not (tmp_path / HEAD_FILE).exists()
 
 
-def test_maybe_train_after_reindex_keeps_a_current_head(tmp_path: Path) -> None:
-    settings = load_settings(models_dir=tmp_path)
-    data = clusters(SEPARATED)
-    report = maybe_train_after_reindex(settings, data)
+def test_head_from_store_is_refitted_only_for_a_new_label_set(tmp_path: Path) -> None:
+    store = _as_store(clusters(SEPARATED), tmp_path / "idx")
+    report = train_head_from_store(store, tmp_path, fingerprint="fp-1", key="k1")
     assert report is not None and report["classes"] == 7
     mtime = (tmp_path / HEAD_FILE).stat().st_mtime_ns
-    assert maybe_train_after_reindex(settings, data) == report  # same generation: not refitted
+    again = train_head_from_store(store, tmp_path, fingerprint="fp-1", key="k1")
+    assert again == report  # same label set: not refitted
     assert (tmp_path / HEAD_FILE).stat().st_mtime_ns == mtime
-    data.meta["generation"] = "gen-2"
-    assert maybe_train_after_reindex(settings, data) is not None
-    assert load_head(tmp_path, fingerprint="fp-1", generation="gen-2") is not None
+    assert train_head_from_store(store, tmp_path, fingerprint="fp-1", key="k2") is not None
+    assert load_head(tmp_path, fingerprint="fp-1", generation="k2") is not None
+
+
+def test_head_sample_is_bounded_per_species(tmp_path: Path) -> None:
+    from core.head_fit import sample_store
+
+    store = _as_store(clusters({"Aa aa": 50, "Bb bb": 5}), tmp_path / "idx")
+    labels, vectors = sample_store(store, per_species=10)
+    assert labels.count("Aa aa") == 10 and labels.count("Bb bb") == 5
+    assert vectors.shape == (15, 32)
 
 
 def test_head_classification_open_set() -> None:
@@ -171,11 +190,13 @@ def test_train_cli_on_a_real_index(
     Engine(tiny_settings, embedder=TinyEmbedder()).reindex()
     assert train_head_cli(argparse.Namespace(), tiny_settings) == 0
     assert "Held-out accuracy" in capsys.readouterr().out
-    meta = store.read_metadata(tiny_settings.index_dir)["metadata"]
+    from core.engine import label_set_key
+
+    engine = Engine(tiny_settings, embedder=TinyEmbedder())
     head = load_head(
         tiny_settings.models_dir,
         fingerprint=TinyEmbedder().fingerprint,
-        generation=index_generation(meta),
+        generation=label_set_key(engine.species_counts()),
     )
     assert head is not None and head.dim == TinyEmbedder.dim
     assert sorted(head.classes) == ["Canis lupus", "Felis catus", "Ursus arctos", "Vulpes vulpes"]

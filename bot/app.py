@@ -26,6 +26,7 @@ from bot import commands, fallbacks, photo
 from bot.file_ids import FileIdStore
 from bot.logsafe import protect_secret, quiet_http_loggers
 from bot.reindex import ReindexRunner
+from bot.request import BASE_DELAY, RetryingRequest
 from bot.services import KEY, Services
 from bot.thumbs import ThumbnailCache
 from core.errors import ConfigError
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 8
 #: Retries after a 429 (RetryAfter) before a request is given up.
 FLOOD_RETRIES = 5
+#: Seconds an upload may take to write (albums of ten photos on a slow link).
+MEDIA_WRITE_TIMEOUT = 120
 
 NO_TOKEN = (
     "No Telegram bot token is configured. Create a bot with @BotFather in Telegram "
@@ -118,8 +121,13 @@ def build_application(
     *,
     progress_interval: float = 2.5,
     chat_action_interval: float = 4.0,
+    retry_delay: float = BASE_DELAY,
 ) -> Application:
-    """A ready-to-start Application answering with `engine` (no network I/O happens here)."""
+    """A ready-to-start Application answering with `engine` (no network I/O happens here).
+
+    Every Bot API call and file download retries transient failures (5xx, dropped connections,
+    timeouts) with exponential backoff starting at `retry_delay` seconds; 429s wait as told.
+    """
     token = bot_token(settings)
     protect_secret(token)
     quiet_http_loggers()
@@ -131,7 +139,7 @@ def build_application(
         .base_file_url(settings.telegram_file_url)
         .concurrent_updates(CONCURRENT_UPDATES)
         .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
-        .media_write_timeout(120)
+        .request(RetryingRequest(media_write_timeout=MEDIA_WRITE_TIMEOUT, base_delay=retry_delay))
         .post_init(_post_init)
         .build()
     )

@@ -1,0 +1,97 @@
+"""Reliability of the bot's plumbing: retried requests.
+
+These run against the fake Bot API with a stub engine (no model), so they are fast; the same
+behaviours are exercised end to end with the real engine in test_bot_e2e.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from telegram.error import BadRequest, NetworkError, RetryAfter
+
+from bot.app import build_application
+from bot.request import RetryingRequest, backoff
+from core.settings import load_settings
+from tests.fake_telegram import DROPPED, TOKEN, FakeTelegram
+
+CHAT = 4343
+
+
+@pytest.fixture
+def tg() -> Iterator[FakeTelegram]:
+    with FakeTelegram() as server:
+        server.add_chat(CHAT)
+        yield server
+
+
+def _retrying_bot(tg: FakeTelegram, **kwargs: object):
+    request = RetryingRequest(base_delay=0.01, **kwargs)  # type: ignore[arg-type]
+    return tg.bot(request=request)
+
+
+# --- retries ---------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff(n, 0.5, 4.0) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+
+
+async def test_every_kind_of_request_is_retried(
+    tg: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bot.request")
+    photo = (Path(__file__).parent / "bot_helpers.py").read_bytes()  # any bytes will do here
+    tg.validate_images = False
+    async with _retrying_bot(tg) as bot:
+        tg.inject_error("sendMessage", status=500, times=2)
+        message = await bot.send_message(CHAT, "hello")
+        tg.drop_connection("editMessageText")
+        tg.inject_error("editMessageText", status=504)
+        await bot.edit_message_text("<b>edited</b>", CHAT, message.message_id, parse_mode="HTML")
+        tg.drop_connection("sendPhoto")  # a multipart upload is sent again in full
+        sent = await bot.send_photo(CHAT, photo)
+        tg.inject_error("getFile", status=502)
+        tg.inject_error("download", status=500)
+        file = await bot.get_file(sent.photo[-1].file_id)
+        assert bytes(await file.download_as_bytearray()) == photo
+    assert [c.status for c in tg.calls("sendMessage")] == [500, 500, 200]
+    assert [c.status for c in tg.calls("editMessageText")] == [DROPPED, 504, 200]
+    sends = tg.calls("sendPhoto")
+    assert [c.status for c in sends] == [DROPPED, 200] and sends[0].files and sends[1].uploads
+    assert [c.status for c in tg.calls("getFile")] == [502, 200]
+    assert [c.status for c in tg.calls("download")] == [500, 200]
+    assert "retrying" in caplog.text and "sendMessage" in caplog.text
+    assert TOKEN not in caplog.text and TOKEN.replace(":", "%3A") not in caplog.text
+
+
+async def test_retries_are_bounded_and_only_for_transient_errors(tg: FakeTelegram) -> None:
+    async with _retrying_bot(tg) as bot:
+        tg.inject_error("sendMessage", status=500, times=4)
+        with pytest.raises(NetworkError):
+            await bot.send_message(CHAT, "lost")
+        assert len(tg.calls("sendMessage")) == 4  # TRIES, then given up
+        tg.inject_error("sendMessage", status=400)
+        with pytest.raises(BadRequest):
+            await bot.send_message(CHAT, "refused")
+        assert len(tg.calls("sendMessage")) == 5  # a 400 is final
+        tg.inject_error("sendMessage", status=429)
+        with pytest.raises(RetryAfter):  # flood control is the rate limiter's job
+            await bot.send_message(CHAT, "flood")
+        assert len(tg.calls("sendMessage")) == 6
+
+
+def test_application_uses_the_retrying_request(tmp_path: Path) -> None:
+    settings = load_settings(
+        _env_file=None,
+        bot_state_dir=tmp_path,
+        bot_token=SecretStr("1:abc"),
+        telegram_api_url="http://127.0.0.1:9/bot",
+    )
+    app = build_application(settings, engine=object(), retry_delay=0.25)  # type: ignore[arg-type]
+    assert isinstance(app.bot.request, RetryingRequest) and app.bot.request.base_delay == 0.25
+    assert app.bot.request._media_write_timeout == 120  # album uploads

@@ -2,14 +2,20 @@
 
 A dozen synthetic photos in three species folders are indexed once per module with the default
 offline model; every test starts its own bot (own state directory) against its own fake server.
+Tests that change the collection or re-index work on their own copy (`own_world`), so no test
+depends on which ran before it. "The bot did nothing" is asserted once the update was handled
+(`Handled`), never after a fixed sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from tests.bot_helpers import (
     ADMIN,
     USER,
     Gate,
+    Handled,
     animated_gif,
     bot_settings,
     for_chat,
@@ -66,11 +73,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(settings, engine, root)
 
 
+@pytest.fixture
+def own_world(world: World, tmp_path: Path) -> World:
+    """A private copy of the collection and its index (same loaded model), free to change."""
+    root, index = tmp_path / "collection", tmp_path / "index"
+    shutil.copytree(world.root, root)
+    shutil.copytree(world.settings.index_dir, index)
+    settings = world.settings.model_copy(update={"images_dir": root, "index_dir": index})
+    return World(settings, Engine(settings, embedder=world.engine.embedder), root)
+
+
 @dataclass
 class Bot:
     tg: FakeTelegram
     settings: Settings
     engine: Engine
+    handled: Handled
 
 
 @pytest.fixture
@@ -79,12 +97,26 @@ def tg() -> Iterator[FakeTelegram]:
         yield server
 
 
+@asynccontextmanager
+async def serving(world: World, tg: FakeTelegram, state: Path) -> AsyncIterator[Bot]:
+    settings = bot_settings(world.settings, tg, state)
+    app = build_application(settings, world.engine, progress_interval=0.05, retry_delay=0.01)
+    handled = Handled(app)
+    async with running(app):
+        yield Bot(tg, settings, world.engine, handled)
+
+
 @pytest.fixture
 async def bot(world: World, tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Bot]:
-    settings = bot_settings(world.settings, tg, tmp_path / "state")
-    app = build_application(settings, world.engine, progress_interval=0.05)
-    async with running(app):
-        yield Bot(tg, settings, world.engine)
+    async with serving(world, tg, tmp_path / "state") as served:
+        yield served
+
+
+@pytest.fixture
+async def own_bot(own_world: World, tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Bot]:
+    """A bot serving its own copy of the collection (`own_world`)."""
+    async with serving(own_world, tg, tmp_path / "state") as served:
+        yield served
 
 
 @pytest.fixture
@@ -125,13 +157,15 @@ async def test_photo_gets_species_and_album(bot: Bot, world: World) -> None:
     sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
     action = await tg.wait_for("sendChatAction", for_chat(USER))
     assert action.params["action"] == "upload_photo"
-    text = await reply_to(tg, sent)
-    assert "Vulpes vulpes" in text.result["text"] and "%" in text.result["text"]
+    text = (await reply_to(tg, sent)).result["text"]
+    # a collection photo itself: the species is named (not "not sure"), and surely
+    named = re.match(r"🐾 Vulpes vulpes: (\d+)% sure", text)
+    assert named and int(named[1]) >= 80, text
     album = await reply_to(tg, sent, "sendMediaGroup")
     captions = media_captions(album)
     assert len(captions) == 10 == len(album.uploads)
     assert all("%" in c and any(s in c for s in SPECIES) for c in captions)
-    assert "Vulpes vulpes" in captions[0] and "100" in captions[0]  # the photo itself
+    assert captions[0] == "<i>Vulpes vulpes</i>: 100% similar"  # the photo itself
     # album photos are downscaled JPEG copies
     first = tg.file_bytes(album.result[0]["photo"][-1]["file_id"])
     assert first is not None and first[:2] == b"\xff\xd8"
@@ -140,8 +174,8 @@ async def test_photo_gets_species_and_album(bot: Bot, world: World) -> None:
 async def test_image_sent_as_document(bot: Bot, world: World) -> None:
     data = png(Image.open(collection_photo(world, "Canis_lupus")))
     sent = bot.tg.send_user_message(USER, document=(data, "wolf.png", "image/png"))
-    text = await reply_to(bot.tg, sent)
-    assert "Canis lupus" in text.result["text"]
+    text = (await reply_to(bot.tg, sent)).result["text"]
+    assert text.startswith("🐾 Canis lupus:"), text
     album = await reply_to(bot.tg, sent, "sendMediaGroup")
     assert len(album.params["media"]) == 10
 
@@ -164,7 +198,8 @@ async def test_classify_as_caption_and_as_reply(bot: Bot, world: World) -> None:
     )
     text = (await reply_to(tg, command)).result["text"]
     assert "Felis catus" in text
-    await asyncio.sleep(0.3)
+    for message in (sent, photo_msg, command):
+        await bot.handled.wait(message)
     assert not tg.calls("sendMediaGroup"), "/classify sends no album"
     assert not [c for c in tg.calls("sendMessage") if answers(photo_msg)(c)]
 
@@ -183,6 +218,7 @@ async def test_similar_as_caption_reply_and_species_filter(bot: Bot, world: Worl
     album = await reply_to(tg, command, "sendMediaGroup")
     captions = media_captions(album)
     assert len(captions) == 4 and all("Felis catus" in c for c in captions)
+    await bot.handled.wait(sent)
     assert not [c for c in tg.calls("sendMessage") if answers(sent)(c)]
 
 
@@ -347,11 +383,11 @@ async def test_missing_index(world: World, tg: FakeTelegram, tmp_path: Path) -> 
 
 
 async def test_reindex_by_admin_edits_progress_and_swaps_index(
-    bot: Bot, world: World, monkeypatch: pytest.MonkeyPatch
+    own_bot: Bot, own_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tg, engine = bot.tg, bot.engine
+    tg, engine = own_bot.tg, own_bot.engine
     before = engine.stats()["total_images"]
-    make_collection(world.root, {"Vulpes_vulpes": 1}, seed=99)  # one new photo
+    make_collection(own_world.root, {"Vulpes_vulpes": 1}, seed=99)  # one new photo
     real = engine.reindex
 
     def slow_progress(progress=None, **kwargs):
@@ -377,13 +413,19 @@ async def test_reindex_by_admin_edits_progress_and_swaps_index(
     assert f"Photos: {before + 1}" in (await reply_to(tg, stats)).result["text"]
 
 
-async def test_reindex_refused_for_non_admin(bot: Bot, gated: GateFactory) -> None:
+async def test_reindex_refused_for_non_admin(
+    bot: Bot, gated: GateFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot")
     gate = gated(bot.engine, "reindex")
     command = bot.tg.send_user_message(USER, text="/reindex")
     text = (await reply_to(bot.tg, command)).result["text"]
     assert "only the bot's admins" in text
-    await asyncio.sleep(0.2)
+    await bot.handled.wait(command)
     assert gate.calls == 0 and not bot.tg.calls("editMessageText")
+    refused = [r for r in caplog.records if "Refused /reindex" in r.getMessage()]
+    assert refused and refused[0].levelno >= logging.INFO and str(USER) in refused[0].getMessage()
+    assert TOKEN not in caplog.text
 
 
 async def test_second_reindex_refused_and_chats_answered_meanwhile(
@@ -406,19 +448,19 @@ async def test_second_reindex_refused_and_chats_answered_meanwhile(
 
 
 async def test_failed_reindex_keeps_old_index(
-    bot: Bot, world: World, monkeypatch: pytest.MonkeyPatch
+    own_bot: Bot, own_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tg, engine = bot.tg, bot.engine
+    tg, engine = own_bot.tg, own_bot.engine
     before = engine.stats()
-    broken = engine.settings.model_copy(update={"images_dir": world.root.parent / "gone"})
+    broken = engine.settings.model_copy(update={"images_dir": own_world.root.parent / "gone"})
     monkeypatch.setattr(engine, "settings", broken)
     command = tg.send_user_message(ADMIN, text="/reindex")
     failed = await tg.wait_for("editMessageText", lambda c: "failed" in c.params["text"])
     assert "does not exist" in failed.params["text"] and "previous index" in failed.params["text"]
     monkeypatch.undo()
     assert engine.stats() == before
-    photo = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
-    assert "Vulpes vulpes" in (await reply_to(tg, photo)).result["text"]
+    photo = tg.send_user_message(USER, photo=collection_photo(own_world).read_bytes())
+    assert (await reply_to(tg, photo)).result["text"].startswith("🐾 Vulpes vulpes:")
     del command
 
 

@@ -39,7 +39,7 @@ from tests.bot_helpers import (
     replying_to,
     running,
 )
-from tests.fake_telegram import TOKEN, Call, FakeTelegram
+from tests.fake_telegram import DROPPED, TOKEN, Call, FakeTelegram
 from tests.helpers import make_collection, make_image
 
 GateFactory = Callable[[object, str], Gate]
@@ -532,3 +532,54 @@ async def test_token_never_logged_nor_replied(
     assert "[REDACTED]" in caplog.text
     for call in tg.calls():
         assert TOKEN not in str(call.params)
+
+
+# --- transient Telegram failures ----------------------------------------------------------------
+
+
+async def test_reply_survives_two_server_errors(bot: Bot) -> None:
+    tg = bot.tg
+    tg.inject_error("sendMessage", status=500, times=2, chat_id=USER)
+    sent = tg.send_user_message(USER, text="/help")
+    answer = await reply_to(tg, sent, timeout=5)
+    assert "/classify" in answer.params["text"]
+    assert [c.status for c in tg.calls("sendMessage", chat_id=USER)] == [500, 500, 200]
+
+
+async def test_album_survives_a_server_error_and_a_dropped_connection(
+    bot: Bot, world: World
+) -> None:
+    tg = bot.tg
+    tg.inject_error("sendMediaGroup", status=500)
+    tg.drop_connection("sendMediaGroup")
+    sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
+    album = await reply_to(tg, sent, "sendMediaGroup", timeout=5)
+    assert len(album.params["media"]) == 10 and len(album.uploads) == 10
+    assert [c.status for c in tg.calls("sendMediaGroup")] == [500, DROPPED, 200]
+    await bot.handled.wait(sent)
+    assert not [c for c in tg.calls("sendMessage") if "Sorry" in (c.text or "")]
+
+
+async def test_photo_download_survives_bad_gateway_and_dropped_connection(
+    bot: Bot, world: World
+) -> None:
+    tg = bot.tg
+    tg.inject_error("getFile", status=502)
+    tg.drop_connection("download")
+    sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
+    text = (await reply_to(tg, sent, timeout=5)).result["text"]
+    assert text.startswith("🐾 Vulpes vulpes:")
+    assert [c.status for c in tg.calls("getFile")] == [502, 200]
+    assert [c.status for c in tg.calls("download")] == [DROPPED, 200]
+
+
+async def test_reindex_status_edit_survives_server_errors(own_bot: Bot) -> None:
+    tg = own_bot.tg
+    tg.inject_error("editMessageText", status=503, times=3)
+    command = tg.send_user_message(ADMIN, text="/reindex")
+    status = await reply_to(tg, command)
+    final = await tg.wait_for(
+        "editMessageText", lambda c: "finished" in c.params["text"], timeout=60
+    )
+    assert final.params["message_id"] == status.result["message_id"]
+    assert len(tg.calls("sendMessage", chat_id=ADMIN)) == 1  # edited, not re-sent

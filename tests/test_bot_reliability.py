@@ -1,4 +1,4 @@
-"""Reliability of the bot's plumbing: retried requests.
+"""Reliability of the bot's plumbing: retried requests, paged long replies.
 
 These run against the fake Bot API with a stub engine (no model), so they are fast; the same
 behaviours are exercised end to end with the real engine in test_bot_e2e.py.
@@ -17,7 +17,8 @@ from telegram.error import BadRequest, NetworkError, RetryAfter
 from bot.app import build_application
 from bot.request import RetryingRequest, backoff
 from core.settings import load_settings
-from tests.fake_telegram import DROPPED, TOKEN, FakeTelegram
+from tests.bot_helpers import USER, Handled, bot_settings, running
+from tests.fake_telegram import DROPPED, TOKEN, FakeTelegram, _parse_html, _utf16_len
 
 CHAT = 4343
 
@@ -95,3 +96,46 @@ def test_application_uses_the_retrying_request(tmp_path: Path) -> None:
     app = build_application(settings, engine=object(), retry_delay=0.25)  # type: ignore[arg-type]
     assert isinstance(app.bot.request, RetryingRequest) and app.bot.request.base_delay == 0.25
     assert app.bot.request._media_write_timeout == 120  # album uploads
+
+
+# --- long replies ----------------------------------------------------------------------------
+
+
+class StubEngine:
+    """Just what /species and /stats need."""
+
+    def __init__(self, species: list[str]) -> None:
+        self.names = species
+
+    def is_indexed(self) -> bool:
+        return True
+
+    def species(self) -> list[str]:
+        return self.names
+
+    def stats(self) -> dict[str, object]:
+        return {"total_images": 10 * len(self.names), "species_count": len(self.names)}
+
+
+@pytest.mark.parametrize("count", [136, 400])
+async def test_long_species_list_is_paged_into_valid_messages(
+    tg: FakeTelegram, tmp_path: Path, count: int
+) -> None:
+    names = [f"Genusname{i:03d} speciesepithet-{'x' * (i % 7)} <{i}>" for i in range(count)]
+    settings = bot_settings(load_settings(_env_file=None), tg, tmp_path / "state")
+    app = build_application(settings, StubEngine(names), retry_delay=0.01)  # type: ignore[arg-type]
+    handled = Handled(app)
+    async with running(app):
+        sent = tg.send_user_message(USER, text="/species")
+        await handled.wait(sent)
+    calls = tg.calls("sendMessage", chat_id=USER)
+    assert calls and all(c.ok for c in calls), [c.error for c in calls]
+    assert len(calls) >= 2
+    texts = [c.result["text"] for c in calls]
+    assert all(_utf16_len(text) <= 4096 for text in texts)
+    assert texts[0].startswith(f"{count} species in the collection:")
+    listed = [line[2:] for text in texts for line in text.split("\n") if line.startswith("• ")]
+    assert listed == names  # every name, in order, none cut in two
+    for call in calls:  # and every page is valid HTML on its own: each name in italics
+        plain, entities = _parse_html(call.params["text"])
+        assert sum(e["type"] == "italic" for e in entities) == plain.count("• ")

@@ -583,3 +583,26 @@ async def test_reindex_status_edit_survives_server_errors(own_bot: Bot) -> None:
     )
     assert final.params["message_id"] == status.result["message_id"]
     assert len(tg.calls("sendMessage", chat_id=ADMIN)) == 1  # edited, not re-sent
+
+
+# --- damaged collection photos ------------------------------------------------------------------
+
+
+async def test_damaged_collection_photo_is_left_out_of_the_album(
+    own_bot: Bot, own_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    tg = own_bot.tg
+    damaged = collection_photo(own_world)
+    query = damaged.read_bytes()
+    damaged.write_bytes(query[:300])  # truncated on disk after indexing
+    sent = tg.send_user_message(USER, photo=query)
+    text = (await reply_to(tg, sent)).result["text"]
+    assert text.startswith("🐾 Vulpes vulpes:"), text  # the user's photo is fine
+    album = await reply_to(tg, sent, "sendMediaGroup")
+    assert len(album.params["media"]) == 9  # the ten best but the damaged one
+    assert "100% similar" not in media_captions(album)[0]
+    await own_bot.handled.wait(sent)
+    replies = [c.params["text"] for c in tg.calls("sendMessage", chat_id=USER)]
+    assert len(replies) == 1, replies  # the species only: no "could not read", no apology
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(damaged.resolve()) in r.getMessage() for r in warnings)

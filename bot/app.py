@@ -157,10 +157,21 @@ def build_application(
     return app
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Apply KONTROL_LOG_LEVEL to the root logger, adding a handler only if there is none.
+
+    The `kontrol` CLI configures logging before any settings are read (WARNING, or DEBUG with
+    --debug), so a `basicConfig` here would be a no-op: the level is set explicitly instead.
+    A root logger already at DEBUG (--debug) stays there.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    if root.level != logging.DEBUG:
+        root.setLevel(settings.log_level)
     quiet_http_loggers()
 
 
@@ -172,6 +183,13 @@ def run_bot(settings: Settings, engine: Engine | None = None) -> None:
     token = check_settings(settings)
     protect_secret(token)
     _configure_logging(settings)
+    log.info(
+        "Starting the bot: %s mode, %d admin(s), API %s, log level %s",
+        settings.bot_mode,
+        len(settings.admin_ids),
+        settings.telegram_api_url,
+        settings.log_level,
+    )
     if engine is None:
         from core.engine import Engine  # heavy (model runtime): only once settings are sound
 

@@ -1,4 +1,4 @@
-"""Reliability of the bot's plumbing: retried requests, paged long replies.
+"""Reliability of the bot's plumbing: retried requests, paged long replies, log configuration.
 
 These run against the fake Bot API with a stub engine (no model), so they are fast; the same
 behaviours are exercised end to end with the real engine in test_bot_e2e.py.
@@ -139,3 +139,60 @@ async def test_long_species_list_is_paged_into_valid_messages(
     for call in calls:  # and every page is valid HTML on its own: each name in italics
         plain, entities = _parse_html(call.params["text"])
         assert sum(e["type"] == "italic" for e in entities) == plain.count("• ")
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def root_level() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+def test_log_level_setting_applies_to_kontrol_bot(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    root_level: None,
+) -> None:
+    import bot.app
+    import core.engine
+    from core.cli import main
+
+    served: list[bool] = []
+
+    def serve(app: object, settings: object) -> None:
+        served.append(logging.getLogger("bot.app").isEnabledFor(logging.INFO))
+
+    monkeypatch.setattr(bot.app, "_serve", serve)
+    monkeypatch.setattr(core.engine, "Engine", lambda settings: object())
+    monkeypatch.setenv("KONTROL_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("KONTROL_LOG_LEVEL", "INFO")
+    monkeypatch.setenv("KONTROL_BOT_STATE_DIR", str(tmp_path / "state"))
+    logging.getLogger().setLevel(logging.WARNING)
+    assert main(["bot"]) == 0
+    assert served == [True]
+    started = [r for r in caplog.records if r.getMessage().startswith("Starting the bot")]
+    assert started and started[0].levelno == logging.INFO
+    assert TOKEN not in caplog.text
+
+
+def test_debug_flag_is_not_overridden_by_the_log_level(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root_level: None
+) -> None:
+    import bot.app
+    import core.engine
+    from core.cli import main
+
+    levels: list[int] = []
+    monkeypatch.setattr(bot.app, "_serve", lambda app, s: levels.append(logging.root.level))
+    monkeypatch.setattr(core.engine, "Engine", lambda settings: object())
+    monkeypatch.setenv("KONTROL_BOT_TOKEN", TOKEN)
+    monkeypatch.setenv("KONTROL_LOG_LEVEL", "ERROR")
+    monkeypatch.setenv("KONTROL_BOT_STATE_DIR", str(tmp_path / "state"))
+    logging.getLogger().setLevel(logging.DEBUG)  # what `kontrol --debug` sets up
+    main(["--debug", "bot"])
+    assert levels == [logging.DEBUG]

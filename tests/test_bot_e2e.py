@@ -606,3 +606,26 @@ async def test_damaged_collection_photo_is_left_out_of_the_album(
     assert len(replies) == 1, replies  # the species only: no "could not read", no apology
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(damaged.resolve()) in r.getMessage() for r in warnings)
+
+
+# --- commands addressed to another bot ----------------------------------------------------------
+
+
+async def test_photo_captioned_for_another_bot(bot: Bot, world: World) -> None:
+    tg = bot.tg
+    photo = collection_photo(world, "Felis_catus").read_bytes()
+    # in a private chat the photo was sent to us: answered as a plain photo
+    private = tg.send_user_message(USER, photo=photo, caption="/classify@other_bot")
+    assert (await reply_to(tg, private)).result["text"].startswith("🐾 Felis catus:")
+    await reply_to(tg, private, "sendMediaGroup")
+    # in a group the command is for the other bot: left alone
+    group = -100501
+    foreign = tg.send_user_message(
+        group, user_id=USER, photo=photo, caption="/classify@other_bot", chat_type="group"
+    )
+    ours = tg.send_user_message(
+        group, user_id=USER, photo=photo, caption="/classify@kontrol_test_bot", chat_type="group"
+    )
+    assert "Felis catus" in (await reply_to(tg, ours)).result["text"]
+    await bot.handled.wait(foreign)
+    assert not [c for c in tg.calls() if answers(foreign)(c)]

@@ -49,12 +49,31 @@ def _prepare(hits: list[dict[str, Any]], lang: Lang, file_ids: FileIdStore) -> l
     return items
 
 
-def _sources(items: list[_Item], thumbs: ThumbnailCache, use_ids: bool) -> list[str | bytes]:
-    """Per item: its known file_id, else the JPEG copy's bytes (blocking: may render)."""
-    return [
-        item.file_id if use_ids and item.file_id else thumbs.get(item.key.path, item.key)
-        for item in items
-    ]
+def _sources(
+    items: list[_Item], thumbs: ThumbnailCache, use_ids: bool
+) -> tuple[list[_Item], list[str | bytes]]:
+    """The items that can be sent, each with its known file_id or else its JPEG copy's bytes
+    (blocking: may render). A collection photo that cannot be read or converted is left out and
+    logged, so one damaged file never costs the whole album."""
+    kept: list[_Item] = []
+    sources: list[str | bytes] = []
+    for item in items:
+        if use_ids and item.file_id:
+            source: str | bytes = item.file_id
+        else:
+            try:
+                source = thumbs.get(item.key.path, item.key)
+            except Exception as exc:  # damaged, unreadable or unsupported: skip just this one
+                log.warning(
+                    "Left a collection photo out of an album, it cannot be read: %s (%s: %s)",
+                    item.key.path,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+        kept.append(item)
+        sources.append(source)
+    return kept, sources
 
 
 async def _send(
@@ -90,10 +109,10 @@ async def send_album(
 ) -> int:
     """Send `hits` as an album (or one photo); returns how many photos were sent."""
     items = await asyncio.to_thread(_prepare, hits, lang, file_ids)
+    use_ids = True
+    items, sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
     if not items:
         return 0
-    use_ids = True
-    sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
     try:
         messages = await _send(bot, chat_id, reply_to, items, sources)
     except BadRequest as exc:
@@ -103,7 +122,9 @@ async def send_album(
         log.warning("Telegram rejected remembered file_ids (%s); uploading again", exc)
         await asyncio.to_thread(file_ids.forget, stale)
         use_ids = False
-        sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
+        items, sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
+        if not items:
+            return 0
         messages = await _send(bot, chat_id, reply_to, items, sources)
     learned = {
         item.key: message.photo[-1].file_id

@@ -26,6 +26,7 @@ from bot import commands, fallbacks, photo
 from bot.file_ids import FileIdStore
 from bot.logsafe import protect_secret, quiet_http_loggers
 from bot.reindex import ReindexRunner
+from bot.request import BASE_DELAY, RetryingRequest
 from bot.services import KEY, Services
 from bot.thumbs import ThumbnailCache
 from core.errors import ConfigError
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 8
 #: Retries after a 429 (RetryAfter) before a request is given up.
 FLOOD_RETRIES = 5
+#: Seconds an upload may take to write (albums of ten photos on a slow link).
+MEDIA_WRITE_TIMEOUT = 120
 
 NO_TOKEN = (
     "No Telegram bot token is configured. Create a bot with @BotFather in Telegram "
@@ -118,8 +121,13 @@ def build_application(
     *,
     progress_interval: float = 2.5,
     chat_action_interval: float = 4.0,
+    retry_delay: float = BASE_DELAY,
 ) -> Application:
-    """A ready-to-start Application answering with `engine` (no network I/O happens here)."""
+    """A ready-to-start Application answering with `engine` (no network I/O happens here).
+
+    Every Bot API call and file download retries transient failures (5xx, dropped connections,
+    timeouts) with exponential backoff starting at `retry_delay` seconds; 429s wait as told.
+    """
     token = bot_token(settings)
     protect_secret(token)
     quiet_http_loggers()
@@ -131,7 +139,7 @@ def build_application(
         .base_file_url(settings.telegram_file_url)
         .concurrent_updates(CONCURRENT_UPDATES)
         .rate_limiter(AIORateLimiter(max_retries=FLOOD_RETRIES))
-        .media_write_timeout(120)
+        .request(RetryingRequest(media_write_timeout=MEDIA_WRITE_TIMEOUT, base_delay=retry_delay))
         .post_init(_post_init)
         .build()
     )
@@ -149,10 +157,21 @@ def build_application(
     return app
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    """Apply KONTROL_LOG_LEVEL to the root logger, adding a handler only if there is none.
+
+    The `kontrol` CLI configures logging before any settings are read (WARNING, or DEBUG with
+    --debug), so a `basicConfig` here would be a no-op: the level is set explicitly instead.
+    A root logger already at DEBUG (--debug) stays there.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format=LOG_FORMAT)
+    if root.level != logging.DEBUG:
+        root.setLevel(settings.log_level)
     quiet_http_loggers()
 
 
@@ -164,6 +183,13 @@ def run_bot(settings: Settings, engine: Engine | None = None) -> None:
     token = check_settings(settings)
     protect_secret(token)
     _configure_logging(settings)
+    log.info(
+        "Starting the bot: %s mode, %d admin(s), API %s, log level %s",
+        settings.bot_mode,
+        len(settings.admin_ids),
+        settings.telegram_api_url,
+        settings.log_level,
+    )
     if engine is None:
         from core.engine import Engine  # heavy (model runtime): only once settings are sound
 

@@ -10,8 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from bot.i18n import Lang, raw, t
-
-CAPTION_LIMIT = 1024
+from bot.paging import CAPTION_LIMIT, fit_html
 
 
 def percent(value: float) -> str:
@@ -68,9 +67,8 @@ def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities
 def album_caption(lang: Lang, hit: dict[str, Any]) -> str:
     """One album photo's caption: its species and how similar it is."""
     similarity = percent(float(hit.get("similarity", 0.0)))
-    return t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)[
-        :CAPTION_LIMIT
-    ]
+    text = t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)
+    return fit_html(text, CAPTION_LIMIT)
 
 
 def _when(created_at: object) -> str:

@@ -14,7 +14,7 @@ import re
 from typing import Any, Literal
 
 from telegram import Message, Update
-from telegram.constants import ChatAction
+from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
 from bot.album import send_album
@@ -51,14 +51,20 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def on_caption_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/classify or /similar [species] written as the caption of the photo itself."""
+    """/classify or /similar [species] written as the caption of the photo itself.
+
+    A command addressed to another bot (/classify@other_bot) is not ours: in a group it is left
+    alone; in a private chat the photo was still sent to us, so it is answered as a plain photo.
+    """
     message = update.effective_message
     match = CAPTION_COMMAND.match((message.caption or "").strip()) if message else None
     if message is None or match is None:
         return
     addressed = match.group("bot")
     if addressed and addressed.lower() != (context.bot.username or "").lower():
-        return  # meant for another bot in the group
+        if message.chat.type == ChatType.PRIVATE and has_media(message):
+            await answer(update, context, message, "analyze")
+        return
     mode: Mode = "classify" if match.group("command").lower() == "classify" else "similar"
     await answer(update, context, message, mode, (match.group("args") or "").strip() or None)
 

@@ -17,6 +17,7 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, TelegramError
 
 from bot.i18n import Lang, t
+from bot.paging import fit_html
 from core.errors import IndexBusyError, KontrolError
 from core.indexer import IndexProgress, IndexReport
 
@@ -103,6 +104,7 @@ def _done_text(lang: Lang, report: IndexReport) -> str:
 
 async def _edit(status: Message, text: str, *, final: bool = False) -> None:
     """Edit the status message; a lost progress edit is harmless, a lost final one is re-sent."""
+    text = fit_html(text)  # a long error must not make the outcome unreportable
     try:
         await status.edit_text(text, parse_mode=ParseMode.HTML)
     except BadRequest as exc:

@@ -9,18 +9,28 @@ from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
 from bot.i18n import Lang, lang_of, t
+from bot.paging import split_html
 from bot.services import Services
-
-TEXT_LIMIT = 4096
 
 
 async def reply(message: Message, text: str) -> Message:
-    """Answer `message` as a reply (still sent if the user deleted it meanwhile)."""
-    return await message.reply_text(
-        text[:TEXT_LIMIT],
-        parse_mode=ParseMode.HTML,
-        reply_parameters=ReplyParameters(message.message_id, allow_sending_without_reply=True),
-    )
+    """Answer `message` as a reply (still sent if the user deleted it meanwhile).
+
+    A text over Telegram's length limit is sent as several messages, cut on line boundaries, each
+    well-formed HTML; the first one is returned.
+    """
+    sent: list[Message] = []
+    for page in split_html(text):
+        sent.append(
+            await message.reply_text(
+                page,
+                parse_mode=ParseMode.HTML,
+                reply_parameters=ReplyParameters(
+                    message.message_id, allow_sending_without_reply=True
+                ),
+            )
+        )
+    return sent[0]
 
 
 Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from core.imageio import load_image
+
+log = logging.getLogger(__name__)
 
 MAX_SIDE = 1280
 JPEG_QUALITY = 85
@@ -114,7 +117,11 @@ class ThumbnailCache:
         return self.root / key.digest[:2] / f"{key.digest}.jpg"
 
     def get(self, source: str | Path, key: PhotoKey | None = None) -> bytes:
-        """JPEG bytes for `source`, rendered on first use and read from disk afterwards."""
+        """JPEG bytes for `source`, rendered on first use and read from disk afterwards.
+
+        Raises when `source` cannot be read or decoded; a cache that cannot be written (disk full,
+        read-only) only costs a re-render next time.
+        """
         key = key or PhotoKey.of(source)
         cached = self.path_for(key)
         try:
@@ -122,5 +129,8 @@ class ThumbnailCache:
         except FileNotFoundError:
             pass
         data = render_jpeg(Path(source), max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        _write_atomic(cached, data)
+        try:
+            _write_atomic(cached, data)
+        except OSError as exc:
+            log.warning("Could not cache the album copy of %s: %s", source, exc)
         return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import threading
@@ -11,7 +12,8 @@ from typing import Any
 
 from PIL import Image
 from pydantic import SecretStr
-from telegram.ext import Application
+from telegram import Update
+from telegram.ext import Application, ContextTypes, TypeHandler
 
 from core.settings import Settings
 from tests.fake_telegram import TOKEN, Call, FakeTelegram
@@ -101,3 +103,33 @@ class Gate:
         if not self.opened.wait(30):
             raise TimeoutError("gate never opened")
         return self.func(*args, **kwargs)
+
+
+class Handled:
+    """Tells when the bot has completely handled a user's message, all handler groups done.
+
+    A `TypeHandler` in a group after the bot's own runs once the bot's handler for the update has
+    returned, so "the bot did nothing" can be asserted without sleeping: wait until the message is
+    handled, then check that no reply was recorded.
+    """
+
+    GROUP = 10_000
+
+    def __init__(self, app: Application) -> None:
+        self._done: set[tuple[int, int]] = set()
+        self._event = asyncio.Event()
+        app.add_handler(TypeHandler(Update, self._record), group=self.GROUP)
+
+    async def _record(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is not None:
+            self._done.add((message.chat_id, message.message_id))
+            self._event.set()
+
+    async def wait(self, message: dict[str, Any], timeout: float = 10.0) -> None:
+        """Return once the update carrying `message` (a fake server message dict) was handled."""
+        key = (message["chat"]["id"], message["message_id"])
+        async with asyncio.timeout(timeout):
+            while key not in self._done:
+                self._event.clear()
+                await self._event.wait()

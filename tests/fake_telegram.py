@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote
 
 import pytest
@@ -146,6 +146,14 @@ class ApiError(Exception):
         if self.parameters:
             out["parameters"] = self.parameters
         return out
+
+
+class _Dropped(Exception):
+    """An injected dropped connection: the server closes the socket without answering."""
+
+
+#: ``Call.status`` of a request whose connection was dropped (no HTTP answer at all).
+DROPPED = 0
 
 
 def _bad(description: str) -> ApiError:
@@ -590,6 +598,8 @@ class FakeTelegram:
 
         429 carries ``parameters.retry_after`` (PTB raises ``RetryAfter``); 400 -> ``BadRequest``,
         403 -> ``Forbidden``, 5xx -> ``NetworkError``. ``method="download"`` fails file downloads.
+        Several injections for one method queue up: ``times=2`` then another status fails three
+        calls in that order. See :meth:`drop_connection` for connections closed without answer.
         """
         if description is None:
             description = {
@@ -603,6 +613,20 @@ class FakeTelegram:
         with self._lock:
             self._errors.setdefault(method.lower(), deque()).append(
                 _InjectedError(status, description, parameters, times, chat_id)
+            )
+
+    def drop_connection(
+        self, method: str, *, times: int = 1, chat_id: int | str | None = None
+    ) -> None:
+        """Make the next ``times`` calls of ``method`` lose their connection without any answer.
+
+        The request is read (and recorded with ``status == DROPPED``), then the socket is closed:
+        httpx raises ``RemoteProtocolError``, PTB a ``NetworkError``. ``method="download"`` drops
+        file downloads.
+        """
+        with self._lock:
+            self._errors.setdefault(method.lower(), deque()).append(
+                _InjectedError(DROPPED, "connection dropped", None, times, chat_id)
             )
 
     def add_chat(
@@ -1114,6 +1138,8 @@ class FakeTelegram:
         except ApiError as err:
             call.status, call.error = err.status, err.body()
             body = call.error
+        except _Dropped:
+            self._drop(request, call)
         except Exception as exc:  # a bug in the fake: answer instead of hanging the client
             err = ApiError(500, f"Internal Server Error: fake server failed: {exc!r}")
             call.status, call.error = err.status, err.body()
@@ -1122,6 +1148,15 @@ class FakeTelegram:
         call.done_time = time.monotonic()
         self._record(call)
         return web.Response(status=call.status, text=text, content_type="application/json")
+
+    def _drop(self, request: web.Request, call: Call) -> NoReturn:
+        """Record `call` as dropped and close its connection without writing a response."""
+        call.status, call.error = DROPPED, {"ok": False, "description": "connection dropped"}
+        call.done_time = time.monotonic()
+        self._record(call)
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError  # what aiohttp does itself when a client goes away
 
     @staticmethod
     def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -1142,6 +1177,8 @@ class FakeTelegram:
                     injected.times -= 1
                     if injected.times <= 0:
                         queue.remove(injected)
+                    if injected.status == DROPPED:
+                        raise _Dropped()
                     raise ApiError(injected.status, injected.description, injected.parameters)
 
     @staticmethod
@@ -1191,6 +1228,8 @@ class FakeTelegram:
         except ApiError as err:
             status, call.status, call.error = err.status, err.status, err.body()
             body = json.dumps(err.body()).encode()
+        except _Dropped:
+            self._drop(request, call)
         call.done_time = time.monotonic()
         self._record(call)
         return web.Response(status=status, body=body)

@@ -2,14 +2,20 @@
 
 A dozen synthetic photos in three species folders are indexed once per module with the default
 offline model; every test starts its own bot (own state directory) against its own fake server.
+Tests that change the collection or re-index work on their own copy (`own_world`), so no test
+depends on which ran before it. "The bot did nothing" is asserted once the update was handled
+(`Handled`), never after a fixed sleep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ from tests.bot_helpers import (
     ADMIN,
     USER,
     Gate,
+    Handled,
     animated_gif,
     bot_settings,
     for_chat,
@@ -32,7 +39,7 @@ from tests.bot_helpers import (
     replying_to,
     running,
 )
-from tests.fake_telegram import TOKEN, Call, FakeTelegram
+from tests.fake_telegram import DROPPED, TOKEN, Call, FakeTelegram
 from tests.helpers import make_collection, make_image
 
 GateFactory = Callable[[object, str], Gate]
@@ -66,11 +73,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     return World(settings, engine, root)
 
 
+@pytest.fixture
+def own_world(world: World, tmp_path: Path) -> World:
+    """A private copy of the collection and its index (same loaded model), free to change."""
+    root, index = tmp_path / "collection", tmp_path / "index"
+    shutil.copytree(world.root, root)
+    shutil.copytree(world.settings.index_dir, index)
+    settings = world.settings.model_copy(update={"images_dir": root, "index_dir": index})
+    return World(settings, Engine(settings, embedder=world.engine.embedder), root)
+
+
 @dataclass
 class Bot:
     tg: FakeTelegram
     settings: Settings
     engine: Engine
+    handled: Handled
 
 
 @pytest.fixture
@@ -79,12 +97,26 @@ def tg() -> Iterator[FakeTelegram]:
         yield server
 
 
+@asynccontextmanager
+async def serving(world: World, tg: FakeTelegram, state: Path) -> AsyncIterator[Bot]:
+    settings = bot_settings(world.settings, tg, state)
+    app = build_application(settings, world.engine, progress_interval=0.05, retry_delay=0.01)
+    handled = Handled(app)
+    async with running(app):
+        yield Bot(tg, settings, world.engine, handled)
+
+
 @pytest.fixture
 async def bot(world: World, tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Bot]:
-    settings = bot_settings(world.settings, tg, tmp_path / "state")
-    app = build_application(settings, world.engine, progress_interval=0.05)
-    async with running(app):
-        yield Bot(tg, settings, world.engine)
+    async with serving(world, tg, tmp_path / "state") as served:
+        yield served
+
+
+@pytest.fixture
+async def own_bot(own_world: World, tg: FakeTelegram, tmp_path: Path) -> AsyncIterator[Bot]:
+    """A bot serving its own copy of the collection (`own_world`)."""
+    async with serving(own_world, tg, tmp_path / "state") as served:
+        yield served
 
 
 @pytest.fixture
@@ -125,13 +157,15 @@ async def test_photo_gets_species_and_album(bot: Bot, world: World) -> None:
     sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
     action = await tg.wait_for("sendChatAction", for_chat(USER))
     assert action.params["action"] == "upload_photo"
-    text = await reply_to(tg, sent)
-    assert "Vulpes vulpes" in text.result["text"] and "%" in text.result["text"]
+    text = (await reply_to(tg, sent)).result["text"]
+    # a collection photo itself: the species is named (not "not sure"), and surely
+    named = re.match(r"🐾 Vulpes vulpes: (\d+)% sure", text)
+    assert named and int(named[1]) >= 80, text
     album = await reply_to(tg, sent, "sendMediaGroup")
     captions = media_captions(album)
     assert len(captions) == 10 == len(album.uploads)
     assert all("%" in c and any(s in c for s in SPECIES) for c in captions)
-    assert "Vulpes vulpes" in captions[0] and "100" in captions[0]  # the photo itself
+    assert captions[0] == "<i>Vulpes vulpes</i>: 100% similar"  # the photo itself
     # album photos are downscaled JPEG copies
     first = tg.file_bytes(album.result[0]["photo"][-1]["file_id"])
     assert first is not None and first[:2] == b"\xff\xd8"
@@ -140,8 +174,8 @@ async def test_photo_gets_species_and_album(bot: Bot, world: World) -> None:
 async def test_image_sent_as_document(bot: Bot, world: World) -> None:
     data = png(Image.open(collection_photo(world, "Canis_lupus")))
     sent = bot.tg.send_user_message(USER, document=(data, "wolf.png", "image/png"))
-    text = await reply_to(bot.tg, sent)
-    assert "Canis lupus" in text.result["text"]
+    text = (await reply_to(bot.tg, sent)).result["text"]
+    assert text.startswith("🐾 Canis lupus:"), text
     album = await reply_to(bot.tg, sent, "sendMediaGroup")
     assert len(album.params["media"]) == 10
 
@@ -164,7 +198,8 @@ async def test_classify_as_caption_and_as_reply(bot: Bot, world: World) -> None:
     )
     text = (await reply_to(tg, command)).result["text"]
     assert "Felis catus" in text
-    await asyncio.sleep(0.3)
+    for message in (sent, photo_msg, command):
+        await bot.handled.wait(message)
     assert not tg.calls("sendMediaGroup"), "/classify sends no album"
     assert not [c for c in tg.calls("sendMessage") if answers(photo_msg)(c)]
 
@@ -183,6 +218,7 @@ async def test_similar_as_caption_reply_and_species_filter(bot: Bot, world: Worl
     album = await reply_to(tg, command, "sendMediaGroup")
     captions = media_captions(album)
     assert len(captions) == 4 and all("Felis catus" in c for c in captions)
+    await bot.handled.wait(sent)
     assert not [c for c in tg.calls("sendMessage") if answers(sent)(c)]
 
 
@@ -347,11 +383,11 @@ async def test_missing_index(world: World, tg: FakeTelegram, tmp_path: Path) -> 
 
 
 async def test_reindex_by_admin_edits_progress_and_swaps_index(
-    bot: Bot, world: World, monkeypatch: pytest.MonkeyPatch
+    own_bot: Bot, own_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tg, engine = bot.tg, bot.engine
+    tg, engine = own_bot.tg, own_bot.engine
     before = engine.stats()["total_images"]
-    make_collection(world.root, {"Vulpes_vulpes": 1}, seed=99)  # one new photo
+    make_collection(own_world.root, {"Vulpes_vulpes": 1}, seed=99)  # one new photo
     real = engine.reindex
 
     def slow_progress(progress=None, **kwargs):
@@ -377,13 +413,19 @@ async def test_reindex_by_admin_edits_progress_and_swaps_index(
     assert f"Photos: {before + 1}" in (await reply_to(tg, stats)).result["text"]
 
 
-async def test_reindex_refused_for_non_admin(bot: Bot, gated: GateFactory) -> None:
+async def test_reindex_refused_for_non_admin(
+    bot: Bot, gated: GateFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot")
     gate = gated(bot.engine, "reindex")
     command = bot.tg.send_user_message(USER, text="/reindex")
     text = (await reply_to(bot.tg, command)).result["text"]
     assert "only the bot's admins" in text
-    await asyncio.sleep(0.2)
+    await bot.handled.wait(command)
     assert gate.calls == 0 and not bot.tg.calls("editMessageText")
+    refused = [r for r in caplog.records if "Refused /reindex" in r.getMessage()]
+    assert refused and refused[0].levelno >= logging.INFO and str(USER) in refused[0].getMessage()
+    assert TOKEN not in caplog.text
 
 
 async def test_second_reindex_refused_and_chats_answered_meanwhile(
@@ -406,19 +448,19 @@ async def test_second_reindex_refused_and_chats_answered_meanwhile(
 
 
 async def test_failed_reindex_keeps_old_index(
-    bot: Bot, world: World, monkeypatch: pytest.MonkeyPatch
+    own_bot: Bot, own_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tg, engine = bot.tg, bot.engine
+    tg, engine = own_bot.tg, own_bot.engine
     before = engine.stats()
-    broken = engine.settings.model_copy(update={"images_dir": world.root.parent / "gone"})
+    broken = engine.settings.model_copy(update={"images_dir": own_world.root.parent / "gone"})
     monkeypatch.setattr(engine, "settings", broken)
     command = tg.send_user_message(ADMIN, text="/reindex")
     failed = await tg.wait_for("editMessageText", lambda c: "failed" in c.params["text"])
     assert "does not exist" in failed.params["text"] and "previous index" in failed.params["text"]
     monkeypatch.undo()
     assert engine.stats() == before
-    photo = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
-    assert "Vulpes vulpes" in (await reply_to(tg, photo)).result["text"]
+    photo = tg.send_user_message(USER, photo=collection_photo(own_world).read_bytes())
+    assert (await reply_to(tg, photo)).result["text"].startswith("🐾 Vulpes vulpes:")
     del command
 
 
@@ -490,3 +532,100 @@ async def test_token_never_logged_nor_replied(
     assert "[REDACTED]" in caplog.text
     for call in tg.calls():
         assert TOKEN not in str(call.params)
+
+
+# --- transient Telegram failures ----------------------------------------------------------------
+
+
+async def test_reply_survives_two_server_errors(bot: Bot) -> None:
+    tg = bot.tg
+    tg.inject_error("sendMessage", status=500, times=2, chat_id=USER)
+    sent = tg.send_user_message(USER, text="/help")
+    answer = await reply_to(tg, sent, timeout=5)
+    assert "/classify" in answer.params["text"]
+    assert [c.status for c in tg.calls("sendMessage", chat_id=USER)] == [500, 500, 200]
+
+
+async def test_album_survives_a_server_error_and_a_dropped_connection(
+    bot: Bot, world: World
+) -> None:
+    tg = bot.tg
+    tg.inject_error("sendMediaGroup", status=500)
+    tg.drop_connection("sendMediaGroup")
+    sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
+    album = await reply_to(tg, sent, "sendMediaGroup", timeout=5)
+    assert len(album.params["media"]) == 10 and len(album.uploads) == 10
+    assert [c.status for c in tg.calls("sendMediaGroup")] == [500, DROPPED, 200]
+    await bot.handled.wait(sent)
+    assert not [c for c in tg.calls("sendMessage") if "Sorry" in (c.text or "")]
+
+
+async def test_photo_download_survives_bad_gateway_and_dropped_connection(
+    bot: Bot, world: World
+) -> None:
+    tg = bot.tg
+    tg.inject_error("getFile", status=502)
+    tg.drop_connection("download")
+    sent = tg.send_user_message(USER, photo=collection_photo(world).read_bytes())
+    text = (await reply_to(tg, sent, timeout=5)).result["text"]
+    assert text.startswith("🐾 Vulpes vulpes:")
+    assert [c.status for c in tg.calls("getFile")] == [502, 200]
+    assert [c.status for c in tg.calls("download")] == [DROPPED, 200]
+
+
+async def test_reindex_status_edit_survives_server_errors(own_bot: Bot) -> None:
+    tg = own_bot.tg
+    tg.inject_error("editMessageText", status=503, times=3)
+    command = tg.send_user_message(ADMIN, text="/reindex")
+    status = await reply_to(tg, command)
+    final = await tg.wait_for(
+        "editMessageText", lambda c: "finished" in c.params["text"], timeout=60
+    )
+    assert final.params["message_id"] == status.result["message_id"]
+    assert len(tg.calls("sendMessage", chat_id=ADMIN)) == 1  # edited, not re-sent
+
+
+# --- damaged collection photos ------------------------------------------------------------------
+
+
+async def test_damaged_collection_photo_is_left_out_of_the_album(
+    own_bot: Bot, own_world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    tg = own_bot.tg
+    damaged = collection_photo(own_world)
+    query = damaged.read_bytes()
+    damaged.write_bytes(query[:300])  # truncated on disk after indexing
+    sent = tg.send_user_message(USER, photo=query)
+    text = (await reply_to(tg, sent)).result["text"]
+    assert text.startswith("🐾 Vulpes vulpes:"), text  # the user's photo is fine
+    album = await reply_to(tg, sent, "sendMediaGroup")
+    assert len(album.params["media"]) == 9  # the ten best but the damaged one
+    assert "100% similar" not in media_captions(album)[0]
+    await own_bot.handled.wait(sent)
+    replies = [c.params["text"] for c in tg.calls("sendMessage", chat_id=USER)]
+    assert len(replies) == 1, replies  # the species only: no "could not read", no apology
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(damaged.resolve()) in r.getMessage() for r in warnings)
+
+
+# --- commands addressed to another bot ----------------------------------------------------------
+
+
+async def test_photo_captioned_for_another_bot(bot: Bot, world: World) -> None:
+    tg = bot.tg
+    photo = collection_photo(world, "Felis_catus").read_bytes()
+    # in a private chat the photo was sent to us: answered as a plain photo
+    private = tg.send_user_message(USER, photo=photo, caption="/classify@other_bot")
+    assert (await reply_to(tg, private)).result["text"].startswith("🐾 Felis catus:")
+    await reply_to(tg, private, "sendMediaGroup")
+    # in a group the command is for the other bot: left alone
+    group = -100501
+    foreign = tg.send_user_message(
+        group, user_id=USER, photo=photo, caption="/classify@other_bot", chat_type="group"
+    )
+    ours = tg.send_user_message(
+        group, user_id=USER, photo=photo, caption="/classify@kontrol_test_bot", chat_type="group"
+    )
+    assert "Felis catus" in (await reply_to(tg, ours)).result["text"]
+    await bot.handled.wait(foreign)
+    assert not [c for c in tg.calls() if answers(foreign)(c)]

@@ -18,10 +18,12 @@ from bot.app import build_application, check_settings, run_bot
 from bot.file_ids import FileIdStore
 from bot.formatting import album_caption, classification_text, percent
 from bot.logsafe import REDACTED, protect_secret
+from bot.paging import fit_html, plain_length, split_html
 from bot.photo import CAPTION_COMMAND
 from bot.thumbs import PhotoKey, ThumbnailCache, render_jpeg
 from core.errors import ConfigError
 from core.settings import load_settings
+from tests.fake_telegram import _parse_html, _utf16_len
 
 
 def _fields(template: str) -> set[str]:
@@ -180,3 +182,45 @@ def test_application_is_wired_for_concurrency_and_flood_control(tmp_path: Path) 
     assert isinstance(app.bot.rate_limiter, AIORateLimiter)
     assert app.bot.base_url == "http://127.0.0.1:9/bot1:abc"
     assert logging.getLogger("httpx").level >= logging.WARNING
+
+
+def _pages_ok(pages: list[str], limit: int) -> list[str]:
+    """Each page parses as Telegram HTML (balanced tags) and fits; returns the plain texts."""
+    plains = []
+    for page in pages:
+        plain, _ = _parse_html(page)
+        assert 0 < _utf16_len(plain) <= limit and plain.strip(), page
+        plains.append(plain)
+    return plains
+
+
+def test_split_html_keeps_short_texts_and_cuts_long_ones_on_lines() -> None:
+    assert split_html("<b>short</b>") == ["<b>short</b>"]
+    lines = [f"• <i>Species {i:03d}</i> &amp; co" for i in range(300)]
+    text = "<b>Header</b>\n" + "\n".join(lines)
+    pages = split_html(text, 1000)
+    plains = _pages_ok(pages, 1000)
+    assert len(pages) > 1
+    assert "\n".join(plains) == _parse_html(text)[0]  # nothing lost, cut only at line ends
+
+
+def test_split_html_reopens_tags_spanning_pages_and_cuts_overlong_lines() -> None:
+    spanning = "<blockquote>" + "\n".join(f"line {i} 🐾" for i in range(100)) + "</blockquote>"
+    pages = split_html(spanning, 200)
+    _pages_ok(pages, 200)
+    assert all(p.startswith("<blockquote>") and p.endswith("</blockquote>") for p in pages)
+    emoji = "🐾" * 150  # 300 UTF-16 units in one line
+    assert [plain_length(p) for p in split_html(emoji, 100)] == [100, 100, 100]
+    words = "<i>" + " ".join(["word"] * 100) + " &lt;end&gt;</i>"
+    pages = split_html(words, 60)
+    plains = _pages_ok(pages, 60)
+    assert "".join(plains).replace(" ", "") == _parse_html(words)[0].replace(" ", "")
+    assert all(not p.startswith("ord") for p in plains)  # cut between words
+
+
+def test_fit_html_marks_what_was_left_out() -> None:
+    assert fit_html("<b>ok</b>", 10) == "<b>ok</b>"
+    fitted = fit_html("<i>" + "x" * 50 + "</i>", 20)
+    assert _utf16_len(_parse_html(fitted)[0]) <= 20 and fitted.endswith("…")
+    long_caption = album_caption("en", {"class": "A" * 2000, "similarity": 0.5})
+    assert _utf16_len(_parse_html(long_caption)[0]) <= 1024

@@ -18,9 +18,9 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from core import embedders
 from core.classify import vote
 from core.collection import normalize_species
-from core import embedders
 from core.embedders.base import Embedder
 from core.errors import (
     ImageError,

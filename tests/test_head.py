@@ -20,9 +20,9 @@ from core.head import (
     train_head,
     train_head_cli,
 )
-from core.settings import Settings, load_settings
 from core.head_fit import train_head_from_store
 from core.seed_format import IndexData
+from core.settings import Settings
 from core.vectorstore import StoreInfo
 from core.vectorstore.faiss_store import FaissStore
 from tests.helpers import TinyEmbedder

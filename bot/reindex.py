@@ -51,7 +51,9 @@ class ReindexRunner:
     async def run(self, status: Message, lang: Lang) -> None:
         """Re-index, keep `status` up to date, then report the outcome in it. Releases the claim."""
         try:
-            work = asyncio.ensure_future(asyncio.to_thread(self.engine.reindex, self._on_progress))
+            work = asyncio.ensure_future(
+                asyncio.to_thread(self.engine.reindex, self._on_progress, train="background")
+            )
             shown: IndexProgress | None = None
             while not work.done():
                 await asyncio.wait({work}, timeout=self.progress_interval)

@@ -1,4 +1,4 @@
-"""The `kontrol` command line: demo-data, index, search, classify, eval, train, bot, run.
+"""The engine's command line: index, search, classify, export, import, verify, train.
 
 Errors a user can cause are printed to stderr as one sentence with a non-zero exit code; a
 traceback only appears with --debug.
@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from core.errors import KontrolError
 from core.settings import Settings, load_settings
 
 log = logging.getLogger("kontrol")
-DEFAULT_DEMO_DIR = Path("data/demo")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -82,14 +82,6 @@ def format_hits(hits: list[dict[str, Any]]) -> str:
 
 
 # --- commands --------------------------------------------------------------------------------------
-def cmd_demo_data(args: argparse.Namespace) -> int:
-    from core.demo_data import build_demo_collection
-
-    report = build_demo_collection(Path(args.dest), deb=args.deb, force=args.force)
-    print(f"Demo collection ready: {report}")
-    return 0
-
-
 def cmd_index(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(settings)
@@ -182,64 +174,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bot(args: argparse.Namespace) -> int:
-    from bot.app import run_bot
-
-    run_bot(_settings(args))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """The README's main job: collection -> index -> bot (or a demo answer without a token)."""
-    settings = _settings(args)
-    if not Path(settings.images_dir).exists() and Path(settings.images_dir) == DEFAULT_DEMO_DIR:
-        from core.demo_data import build_demo_collection
-
-        print("No collection configured: building the demo collection (gcompris-qt-data)...")
-        print(build_demo_collection(DEFAULT_DEMO_DIR))
-    engine = _engine(settings)
-    report = engine.reindex(show_bar=True)
-    print(
-        f"Index: {report.total} photos of {engine.stats()['species_count']} species "
-        f"({report.added} embedded now, {len(report.skipped)} skipped)."
-    )
-    if settings.bot_token is None:
-        _demo_answer(engine, settings)
-        print(
-            "\nNo Telegram token configured, so the bot is not started.\n"
-            "To run it: talk to @BotFather in Telegram, send /newbot, copy the token it gives,\n"
-            "then put KONTROL_BOT_TOKEN=<token> in a .env file here (or export it) and run\n"
-            "`make run` again. Admins for /reindex: KONTROL_ADMIN_IDS='[<your user id>]'."
-        )
-        return 0
-    from bot.app import run_bot
-
-    run_bot(settings, engine=engine)
-    return 0
-
-
-def _demo_answer(engine, settings: Settings) -> None:
-    """Answer one query as the bot would: the first collection photo, flipped."""
-    from PIL import ImageOps
-
-    first = engine.first_photo() if engine.is_indexed() else None
-    if first is None:
-        print("The collection has no readable photos; nothing to demo.")
-        return
-    query = ImageOps.mirror(engine.read_image(Path(settings.images_dir) / first["path"]))
-    result, hits = engine.analyze(query, top_k=settings.top_k)
-    print(f"\nDemo query: {first['path']} (mirrored)")
-    print(format_classification(result))
-    print("Most similar photos:")
-    print(format_hits(hits))
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from core.evaluation.cli import run_eval
-
-    return run_eval(args, _settings(args))
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from core import seed_format
     from core.catalog import CATALOG_FILE, Catalog
@@ -317,8 +251,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_head_cli(args, _settings(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
+Extension = Callable[[Any, Callable[..., None]], None]
+
+
+def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParser:
+    """The engine's commands; `extensions(subparsers, common)` add more (the bot's, the tools')."""
     parser = argparse.ArgumentParser(prog="kontrol", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,12 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--runtime", choices=["onnx", "torch"], help="KONTROL_RUNTIME")
         if images:
             p.add_argument("--images", help="collection root (KONTROL_IMAGES_DIR)")
-
-    p = sub.add_parser("demo-data", help="build the labelled demo collection (gcompris-qt-data)")
-    p.add_argument("--dest", default=str(DEFAULT_DEMO_DIR))
-    p.add_argument("--deb", type=Path, help="use this gcompris-qt-data .deb instead of apt-get")
-    p.add_argument("--force", action="store_true", help="rebuild even if present")
-    p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("index", help="index the collection (incremental)")
     common(p, images=True)
@@ -369,17 +300,6 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, images=True)
     p.set_defaults(func=cmd_classify)
 
-    p = sub.add_parser("eval", help="measure search and classification quality")
-    p.add_argument("--images", required=True, help="labelled collection root")
-    p.add_argument("--manifest", help="CSV with file,label[,coarse] columns")
-    p.add_argument("--json", help="write the metrics JSON here")
-    p.add_argument("--out", default="eval_out", help="folder for the report and pictures")
-    p.add_argument(
-        "--negatives", help="folder of photos with no animal (open-set check); default: samples"
-    )
-    common(p)
-    p.set_defaults(func=cmd_eval)
-
     p = sub.add_parser("export", help="write the index in another format")
     p.add_argument("--format", choices=["seed"], default="seed")
     p.add_argument("--out", required=True, help="folder for the exported files")
@@ -400,20 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fit the species head on the indexed embeddings")
     common(p, images=True)
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("bot", help="run the Telegram bot")
-    common(p, images=True)
-    p.set_defaults(func=cmd_bot)
-
-    p = sub.add_parser("run", help="demo collection if needed, index, then the bot")
-    common(p, images=True)
-    p.set_defaults(func=cmd_run)
+    for extend in extensions:
+        extend(sub, common)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `kontrol` console script."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, extensions: Sequence[Extension] = ()) -> int:
+    """Run one command (the `kontrol` console script adds the bot's and the tools' commands)."""
+    parser = build_parser(extensions)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,

@@ -4,7 +4,7 @@
     python scripts/quality_table.py --only pooled --only flip_fusion_w0.35 --no-write
 
 Each variant is one `Settings` (descriptor, fusion weight, model): `kontrol eval`'s own code path
-(`core.evaluation.cli.run_eval`) indexes the collection with the engine and measures it. Timings
+(`kontrol.evaluation.cli.run_eval`) indexes the collection with the engine and measures it. Timings
 are then taken side by side, interleaved query by query and round by round over all variants, so
 they share the machine's load: find_similar on the demo index, a full re-index (photos/s), and
 the search step alone on a synthetic 100k-vector index of each variant's width, to estimate
@@ -36,12 +36,12 @@ if str(ROOT) not in sys.path:
 from core import store  # noqa: E402
 from core.cli import build_parser  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.evaluation import metrics  # noqa: E402
-from core.evaluation.cli import run_eval  # noqa: E402
-from core.evaluation.labels import load_labels  # noqa: E402
 from core.index import create_index  # noqa: E402
 from core.search import SearchIndex  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from kontrol.evaluation import metrics  # noqa: E402
+from kontrol.evaluation.cli import run_eval  # noqa: E402
+from kontrol.evaluation.labels import load_labels  # noqa: E402
 
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 OUT = ROOT / "BENCHMARKS.md"

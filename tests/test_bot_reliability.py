@@ -160,7 +160,7 @@ def test_log_level_setting_applies_to_kontrol_bot(
 ) -> None:
     import bot.app
     import core.engine
-    from core.cli import main
+    from kontrol.cli import main
 
     served: list[bool] = []
 
@@ -185,7 +185,7 @@ def test_debug_flag_is_not_overridden_by_the_log_level(
 ) -> None:
     import bot.app
     import core.engine
-    from core.cli import main
+    from kontrol.cli import main
 
     levels: list[int] = []
     monkeypatch.setattr(bot.app, "_serve", lambda app, s: levels.append(logging.root.level))

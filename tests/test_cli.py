@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from kontrol.cli import main
 from tests.helpers import make_collection, make_image
 
 

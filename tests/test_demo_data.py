@@ -1,4 +1,4 @@
-"""core.demo_data on a synthetic package (offline), plus one slow end-to-end build with apt."""
+"""kontrol.demo.demo_data on a synthetic package (offline), plus one slow end-to-end build with apt."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import core.demo_data as demo
-from core.demo_data import (
+import kontrol.demo.demo_data as demo
+from core.errors import ImageError, KontrolError
+from kontrol.demo.demo_data import (
     DemoDataError,
     build_demo_collection,
     parse_readme,
@@ -22,7 +23,6 @@ from core.demo_data import (
     read_rcc_from_deb,
     split_licence_line,
 )
-from core.errors import ImageError, KontrolError
 from tests.test_rcc import write_rcc
 
 FARM = "gcompris/src/activities/explore_farm_animals/resource/animals"

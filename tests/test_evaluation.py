@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.evaluation import ManifestError, evaluate, load_labels, metrics
-from core.evaluation.augment import ALTERATIONS, alter_all
+from kontrol.evaluation import ManifestError, evaluate, load_labels, metrics
+from kontrol.evaluation.augment import ALTERATIONS, alter_all
 
 
 def _clusters(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0):

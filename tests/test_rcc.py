@@ -1,4 +1,4 @@
-"""core.rcc against synthetic Qt resource files written by a tiny writer below (v1-v3)."""
+"""kontrol.demo.rcc against synthetic Qt resource files written by a tiny writer below (v1-v3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import KontrolError
-from core.rcc import RccArchive, RccError, iter_rcc
+from kontrol.demo.rcc import RccArchive, RccError, iter_rcc
 
 FILES = {
     "a.txt": b"plain text",

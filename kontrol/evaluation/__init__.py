@@ -4,9 +4,9 @@
 describe the pipeline the bot actually serves; `metrics` holds the pure-numpy measures.
 """
 
-from core.evaluation.labels import LabelledPhoto, ManifestError, load_labels
-from core.evaluation.metrics import ClassifyFn, Score, knn_vote_classifier
-from core.evaluation.runner import evaluate
+from kontrol.evaluation.labels import LabelledPhoto, ManifestError, load_labels
+from kontrol.evaluation.metrics import ClassifyFn, Score, knn_vote_classifier
+from kontrol.evaluation.runner import evaluate
 
 __all__ = [
     "ClassifyFn",

@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from core.errors import KontrolError
-from core.evaluation import metrics
-from core.evaluation.augment import alter_all
-from core.evaluation.labels import LabelledPhoto, load_labels
-from core.evaluation.report import (
+from kontrol.evaluation import metrics
+from kontrol.evaluation.augment import alter_all
+from kontrol.evaluation.labels import LabelledPhoto, load_labels
+from kontrol.evaluation.report import (
     Neighbour,
     SheetRow,
     contact_sheet,

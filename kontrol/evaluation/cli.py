@@ -12,9 +12,9 @@ from functools import partial
 from pathlib import Path
 
 from core.classify import vote
-from core.evaluation.runner import evaluate
 from core.imageio import load_image
 from core.settings import Settings
+from kontrol.evaluation.runner import evaluate
 
 HEADLINE = (
     "species_recall_at_1",

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from core.errors import ImageError, KontrolError
 from core.imageio import load_image
-from core.rcc import RccArchive, RccError
+from kontrol.demo.rcc import RccArchive, RccError
 
 PACKAGE = "gcompris-qt-data"
 RCC_DIR = "usr/share/gcompris-qt/rcc"

@@ -16,6 +16,8 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 t
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY bot ./bot
+# Only the command line of the kontrol package: the demo builder and evaluation are not served.
+COPY kontrol/__init__.py kontrol/__main__.py kontrol/cli.py ./kontrol/
 RUN pip install . && useradd --create-home --uid 10001 kontrol \
     && mkdir -p /data/collection /data/index /data/models && chown -R kontrol /data
 

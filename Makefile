@@ -21,7 +21,7 @@ run: $(STAMP)
 demo-data: $(STAMP)
 	$(VENV)/bin/kontrol demo-data
 
-test: $(STAMP) demo-data lint
+test: $(STAMP) lint
 	$(PY) -m pytest
 
 test-slow: $(STAMP) demo-data

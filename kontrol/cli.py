@@ -85,7 +85,14 @@ def _demo_answer(engine, settings: Settings) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kontrol.evaluation.cli import run_eval
+    try:
+        from kontrol.evaluation.cli import run_eval
+    except ImportError as exc:
+        from core.errors import KontrolError
+
+        raise KontrolError(
+            f"`kontrol eval` needs {exc.name}; install it with `pip install 'kontrol[eval]'`."
+        ) from None
 
     return run_eval(args, settings_from_args(args))
 

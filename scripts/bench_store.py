@@ -202,6 +202,8 @@ def child_build(args) -> dict[str, Any]:
         "disk": dir_bytes(store_dir),
         "files": {p.name: p.stat().st_size for p in store_dir.iterdir()},
         "vmhwm": proc_status("VmHWM"),
+        "rss_anon": proc_status("RssAnon"),
+        "rss_file": proc_status("RssFile"),
         "load": loadavg(),
     }
 
@@ -277,7 +279,25 @@ def child_serve(args) -> dict[str, Any]:
             res = engine.find_similar(engine.read_image(photo), K)
             times.append(time.perf_counter() - t)
         fs.append({"p50": pct(times, 50), "p95": pct(times, 95), "load": loadavg()})
-    out["find_similar"] = {"photo": str(photo.relative_to(DEMO)), "reps": fs, "n": len(res)}
+    parts = {"read_image": [], "embed": [], "search": []}
+    for _ in range(30):
+        t = time.perf_counter()
+        img = engine.read_image(photo)
+        t1 = time.perf_counter()
+        vec = engine.embed(img)
+        t2 = time.perf_counter()
+        engine.neighbours(vec, K)
+        t3 = time.perf_counter()
+        parts["read_image"].append(t1 - t)
+        parts["embed"].append(t2 - t1)
+        parts["search"].append(t3 - t2)
+    out["find_similar"] = {
+        "photo": str(photo.relative_to(DEMO)),
+        "reps": fs,
+        "n": len(res),
+        "parts_p50": {k: pct(v, 50) for k, v in parts.items()},
+        "parts_load": loadavg(),
+    }
     out["rss_engine"], out["smaps_engine"] = proc_status("VmRSS"), smaps_rollup()
     return out
 
@@ -552,7 +572,10 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             f"recall@10 {m.get('tuned_recall_at_10')}, train {m.get('train_s')} s, IVF total "
             f"{m.get('seconds')} s | |"
         )
-        L.append(f"| build peak RSS (VmHWM of the build process) | {gb(b['vmhwm'])} | |")
+        L.append(
+            f"| build peak RSS (VmHWM of the build process) | {gb(b['vmhwm'])} (at its end: "
+            f"anonymous {gb(b.get('rss_anon', 0))}, file-backed mmap {gb(b.get('rss_file', 0))}) | |"
+        )
         files = ", ".join(f"{k.split('-')[0]} {gb(v)}" for k, v in sorted(b["files"].items()) if v > 1e6)
         L.append(f"| disk | {gb(b['disk'])} ({files}) | |")
         L.append(
@@ -570,12 +593,14 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
         sm = s1["smaps"]
         L.append(
             f"| serving process after the queries | RSS {gb(s1['rss'])}, PSS {gb(sm['Pss'])}, "
-            f"USS {gb(sm['USS'])} (file-backed shared {gb(sm.get('Shared_Clean', 0))}) | |"
+            f"USS {gb(sm['USS'])}; of the RSS, anonymous {gb(sm.get('Anonymous', 0))}, the rest "
+            f"memory-mapped store files (page cache) | |"
         )
         sm2 = s2["smaps"]
         L.append(
             f"| second serving process (first still alive) | USS {gb(sm2['USS'])}, RSS "
-            f"{gb(s2['rss'])}, PSS {gb(sm2['Pss'])}; MemAvailable dropped "
+            f"{gb(s2['rss'])}, PSS {gb(sm2['Pss'])}, anonymous {gb(sm2.get('Anonymous', 0))}; "
+            f"system MemAvailable dropped "
             f"{gb(r['second_mem_available_drop'])} while it ran | |"
         )
         se = s1["smaps_engine"]
@@ -600,6 +625,12 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             f"| find_similar from a JPEG (`{fs['photo']}`, read + embed + search), 50 x | p50 ms "
             f"{reps}; p95 ms {reps95} | {loads} |"
         )
+        if "parts_p50" in fs:
+            pp = fs["parts_p50"]
+            L.append(
+                f"| find_similar split (30 x, p50 ms) | read_image {pp['read_image']:.1f}, embed "
+                f"(ONNX) {pp['embed']:.1f}, store search {pp['search']:.2f} | {fs['parts_load']} |"
+            )
         for i, a in enumerate(add["reps"]):
             L.append(
                 f"| add one photo #{i + 1} (writer already open): upsert | {a['upsert_s'] * 1000:.0f} "

@@ -61,7 +61,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         update={"images_dir": Path(args.images), "index_dir": out / "index"}
     )
     engine = Engine(settings)
-    index_report = engine.reindex()
+    # The head is not fitted here: evaluation never writes into the user's models directory.
+    index_report = engine.reindex(train="skip")
     embedder = engine.embedder
     result = evaluate(
         Path(args.images),

@@ -30,14 +30,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from core.errors import KontrolError
 from core.seed_format import IndexData
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,8 @@ def _fit_linear(
 
     `init` warm-starts from an earlier solution (the refit on all photos starts from the split's).
     """
+    import torch  # fitting only: serving a head never needs torch
+
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     yt = torch.from_numpy(y.astype(np.int64))
     if init is None:

@@ -434,3 +434,25 @@ def test_checkpoint_errors(tmp_path) -> None:
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelUnavailableError):
         CheckpointEmbedder(tmp_path / "garbage.pth").load()
+
+
+def test_serving_path_imports_neither_torch_nor_torchvision() -> None:
+    """Start-up cost: with ONNX, resolving the model, its class names, the engine and a store
+    must not import torch (2-3 s of a fresh `kontrol search`)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from core.settings import load_settings\n"
+        "from core.embedders import create_embedder\n"
+        "import core.engine, core.vectorstore.faiss_store, kontrol.cli\n"
+        "e = create_embedder(load_settings())\n"
+        "assert e.fingerprint and e.input_size and len(e.class_names) == 1000\n"
+        "bad = [m for m in ('torch', 'torchvision') if m in sys.modules]\n"
+        "print(','.join(bad) or 'clean')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.strip()
+    assert out == "clean"

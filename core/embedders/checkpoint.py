@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torchvision.models import efficientnet_v2_m
 
-from core.embedders.efficientnet_lite import VARIANTS, EfficientNetLite, lite_preprocessing
+from core.embedders.efficientnet_lite import VARIANTS, lite_preprocessing
+from core.embedders.efficientnet_lite_net import EfficientNetLite
 from core.embedders.preprocessing import Preprocessing
 from core.embedders.torch_runtime import TorchEmbedder, file_sha256
 from core.embedders.torchvision_v2m import PooledAndLogits, v2m_preprocessing

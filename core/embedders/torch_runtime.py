@@ -12,13 +12,16 @@ import logging
 import threading
 from abc import abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.embedders.base import Embedder, EmbedOutput, l2_normalize
 from core.embedders.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +46,13 @@ def file_sha256(path: Path) -> str:
     return value
 
 
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet-1k class names, from torchvision's metadata (no download needed)."""
-    from torchvision.models import EfficientNet_V2_M_Weights
+_CLASSES_FILE = Path(__file__).resolve().parents[1] / "data" / "imagenet_classes.txt"
 
-    return list(EfficientNet_V2_M_Weights.IMAGENET1K_V1.meta["categories"])
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet-1k class names, shipped as data (torchvision's list), so that reading
+    them never imports torch or torchvision."""
+    return _CLASSES_FILE.read_text(encoding="utf-8").splitlines()
 
 
 class TorchEmbedder(Embedder):
@@ -100,6 +105,8 @@ class TorchEmbedder(Embedder):
             if self._module is not None:
                 return
             _ = self.weights_id
+            import torch
+
             if self.threads > 0:
                 # Global to the process; only the torch (reference) runtime touches it.
                 torch.set_num_threads(self.threads)
@@ -121,6 +128,8 @@ class TorchEmbedder(Embedder):
             self._module = None
 
     def embed_batch(self, batch: np.ndarray) -> EmbedOutput:
+        import torch
+
         module = self.module
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         with torch.inference_mode():

@@ -25,6 +25,7 @@ from bot.album import MAX_ALBUM, send_album
 from bot.curate import drop_buttons, in_private
 from bot.i18n import Lang, lang_of, raw, t
 from bot.inputs import ImageRef, InputProblem, decode, download
+from bot.names import with_common_names
 from bot.replies import reply
 from bot.services import Services, get_services
 from bot.state import Answer
@@ -251,7 +252,7 @@ async def on_browse_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         log.info("Browsing answer %s failed: %s", answer_id, exc)
         await reply(message, t(lang, "browse_none"))
         return
-    hits = hits[offset:]
+    hits = await asyncio.to_thread(with_common_names, hits[offset:], lang, svc.names)
     sent = 0
     if hits:
         sent = await send_album(

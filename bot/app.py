@@ -26,6 +26,7 @@ from telegram.ext import (
 from bot import answers, commands, curate, fallbacks, photo
 from bot.file_ids import FileIdStore
 from bot.logsafe import protect_secret, quiet_http_loggers
+from bot.names import CommonNames
 from bot.reindex import ReindexRunner
 from bot.request import BASE_DELAY, RetryingRequest
 from bot.services import KEY, Services
@@ -166,6 +167,7 @@ def build_application(
         file_ids=FileIdStore(state_dir),
         reindex=ReindexRunner(engine, progress_interval),
         state=BotState(state_dir),
+        names=CommonNames(settings.images_dir),
         chat_action_interval=chat_action_interval,
     )
     _add_handlers(app)

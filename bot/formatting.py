@@ -85,6 +85,8 @@ def album_caption(lang: Lang, hit: dict[str, Any]) -> str:
     licence asks for."""
     similarity = percent(float(hit.get("similarity", 0.0)))
     text = t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)
+    if hit.get("common"):
+        text = f"{html.escape(str(hit['common']))} — {text}"
     credit = attribution(hit)
     if credit:
         text += "\n" + html.escape(credit)

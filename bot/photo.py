@@ -23,6 +23,7 @@ from bot.chat_action import chat_action
 from bot.formatting import classification_text, unknown_species_text
 from bot.i18n import Lang, lang_of, t
 from bot.inputs import InputProblem, decode, download, has_media, image_ref
+from bot.names import name_line, with_common_names
 from bot.replies import not_indexed_text, reply
 from bot.services import Services, get_services
 from core.errors import (
@@ -122,6 +123,11 @@ async def answer(
                 text = classification_text(
                     lang, classification, all_probabilities=mode == "classify"
                 )
+                if svc.names is not None:
+                    common = await asyncio.to_thread(
+                        name_line, lang, classification.get("species"), svc.names
+                    )
+                    text += f"\n{common}" if common else ""
                 shown = len(hits) if hits else None
                 await send_species_answer(
                     update, svc, message, lang, text, ref.file_id, classification, shown
@@ -165,6 +171,7 @@ async def _send_hits(
 ) -> None:
     sent = 0
     if hits:
+        hits = await asyncio.to_thread(with_common_names, hits, lang, svc.names)
         sent = await send_album(
             context.bot,
             message.chat_id,

@@ -9,6 +9,7 @@ from telegram.ext import ContextTypes
 
 from bot.fairshare import FairShare
 from bot.file_ids import FileIdStore
+from bot.names import CommonNames
 from bot.reindex import ReindexRunner
 from bot.state import BotState
 from bot.thumbs import ThumbnailCache
@@ -30,6 +31,7 @@ class Services:
     state: BotState
     chat_action_interval: float = 4.0
     fair: FairShare = field(default_factory=FairShare)
+    names: CommonNames | None = None
 
     @property
     def top_k(self) -> int:

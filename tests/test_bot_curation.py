@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +367,37 @@ async def test_third_photo_of_one_user_waits_in_the_queue(
 
 def _no_scan(root: Path) -> list:
     raise AssertionError("adding one photo must not scan the collection")
+
+
+# --- attribution and common names ---------------------------------------------------------------
+
+
+async def test_album_credits_cc_by_photos_and_shows_common_names(
+    own_bot: Bot, own_world: World
+) -> None:
+    tg, root = own_bot.tg, own_world.root
+    fox = collection_photo(own_world)
+    licence = {"licence": "CC BY-SA 4.0", "author": "Jane <Doe>", "source": "https://x.org/1"}
+    fox.with_suffix(".json").write_text(json.dumps(licence))
+    os.utime(fox, ns=(time.time_ns(), time.time_ns() + 10**9))  # re-read on the next index
+    await asyncio.to_thread(own_bot.engine.reindex, train="skip")
+    (root / "names.csv").write_text(
+        "scientific_name,en,ru\nVulpes vulpes,Red fox,Обыкновенная лисица\n", encoding="utf-8"
+    )
+    sent = tg.send_user_message(USER, photo=fox.read_bytes())
+    answer = (await reply_to(tg, sent)).result
+    assert answer["text"].startswith("🐾 Vulpes vulpes:")
+    assert answer["text"].endswith("Red fox · Wikipedia")
+    links = [e["url"] for e in answer.get("entities", []) if e["type"] == "text_link"]
+    assert links == ["https://en.wikipedia.org/wiki/Red_fox"]
+    album = await reply_to(tg, sent, "sendMediaGroup")
+    captions = media_captions(album)
+    assert captions[0] == (
+        "Red fox — <i>Vulpes vulpes</i>: 100% similar\n© Jane &lt;Doe&gt; · CC BY-SA 4.0"
+    )
+    assert sum("©" in c for c in captions) == 1
+    ru = tg.send_user_message(USER, photo=fox.read_bytes(), language_code="ru")
+    answer = (await reply_to(tg, ru)).result
+    assert "Обыкновенная лисица · Wikipedia" in answer["text"]
+    links = [e["url"] for e in answer.get("entities", []) if e["type"] == "text_link"]
+    assert links and links[0].startswith("https://ru.wikipedia.org/wiki/")

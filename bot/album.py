@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class _Item:
     caption: str
     file_id: str | None
     name: str
+    uuid: str = ""
 
 
 def _prepare(hits: list[dict[str, Any]], lang: Lang, file_ids: FileIdStore) -> list[_Item]:
@@ -45,7 +47,8 @@ def _prepare(hits: list[dict[str, Any]], lang: Lang, file_ids: FileIdStore) -> l
             log.warning("Collection photo vanished since indexing: %s", hit.get("path"))
             continue
         name = Path(hit["image_path"]).stem + ".jpg"
-        items.append(_Item(key, album_caption(lang, hit), file_ids.get(key), name))
+        caption = album_caption(lang, hit)
+        items.append(_Item(key, caption, file_ids.get(key), name, str(hit.get("uuid") or "")))
     return items
 
 
@@ -106,8 +109,13 @@ async def send_album(
     thumbs: ThumbnailCache,
     file_ids: FileIdStore,
     reply_to: int | None = None,
+    on_sent: Callable[[list[tuple[int, str]]], None] | None = None,
 ) -> int:
-    """Send `hits` as an album (or one photo); returns how many photos were sent."""
+    """Send `hits` as an album (or one photo); returns how many photos were sent.
+
+    `on_sent` gets the (message_id, photo uuid) of each sent photo (blocking: run in a thread),
+    so a later reply to one of them (/remove) can name the collection photo.
+    """
     items = await asyncio.to_thread(_prepare, hits, lang, file_ids)
     use_ids = True
     items, sources = await asyncio.to_thread(_sources, items, thumbs, use_ids)
@@ -132,4 +140,11 @@ async def send_album(
         if message.photo and not (use_ids and item.file_id)
     }
     await asyncio.to_thread(file_ids.update, learned)
+    if on_sent is not None:
+        sent = [
+            (message.message_id, item.uuid)
+            for item, message in zip(items, messages, strict=False)
+            if item.uuid
+        ]
+        await asyncio.to_thread(on_sent, sent)
     return len(messages)

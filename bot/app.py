@@ -17,17 +17,20 @@ from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
+    CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
     filters,
 )
 
-from bot import commands, fallbacks, photo
+from bot import answers, commands, curate, fallbacks, photo
 from bot.file_ids import FileIdStore
 from bot.logsafe import protect_secret, quiet_http_loggers
+from bot.names import CommonNames
 from bot.reindex import ReindexRunner
 from bot.request import BASE_DELAY, RetryingRequest
 from bot.services import KEY, Services
+from bot.state import BotState
 from bot.thumbs import ThumbnailCache
 from core.errors import ConfigError
 from core.settings import Settings
@@ -94,13 +97,25 @@ def _add_handlers(app: Application) -> None:
             CommandHandler("reindex", commands.on_reindex, filters=fresh),
             CommandHandler("classify", photo.on_classify, filters=fresh),
             CommandHandler("similar", photo.on_similar, filters=fresh),
+            CommandHandler("add", curate.on_add_command, filters=fresh),
+            CommandHandler("remove", curate.on_remove, filters=fresh),
+            CommandHandler("undo", curate.on_undo, filters=fresh),
+            CommandHandler("review", curate.on_review, filters=fresh),
             MessageHandler(
                 fresh & filters.CaptionRegex(photo.CAPTION_COMMAND), photo.on_caption_command
             ),
+            MessageHandler(fresh & filters.CaptionRegex(curate.ADD_CAPTION), curate.on_add_caption),
             MessageHandler(private & moving, fallbacks.on_moving_media),
             MessageHandler(private & (filters.PHOTO | filters.Document.IMAGE), photo.on_photo),
             MessageHandler(private & filters.Document.ALL, fallbacks.on_other_document),
+            MessageHandler(
+                fresh & filters.TEXT & filters.REPLY & ~filters.COMMAND, answers.on_reply_text
+            ),
             MessageHandler(private & filters.TEXT, fallbacks.on_text),
+            CallbackQueryHandler(curate.on_add_button, pattern=r"^add:"),
+            CallbackQueryHandler(curate.on_review_button, pattern=r"^rv:"),
+            CallbackQueryHandler(answers.on_feedback_button, pattern=r"^fb:"),
+            CallbackQueryHandler(answers.on_browse_button, pattern=r"^br:"),
         ]
     )
     app.add_error_handler(fallbacks.on_error)
@@ -151,6 +166,8 @@ def build_application(
         ),
         file_ids=FileIdStore(state_dir),
         reindex=ReindexRunner(engine, progress_interval),
+        state=BotState(state_dir),
+        names=CommonNames(settings.images_dir),
         chat_action_interval=chat_action_interval,
     )
     _add_handlers(app)

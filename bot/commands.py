@@ -22,7 +22,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Commands advertised in the client's menu (setMyCommands), in this order.
-MENU = ("start", "help", "classify", "similar", "species", "stats", "reindex")
+MENU = (
+    "start",
+    "help",
+    "classify",
+    "similar",
+    "species",
+    "stats",
+    "reindex",
+    "add",
+    "remove",
+    "undo",
+    "review",
+)
 
 
 def menu(lang: Lang) -> list[BotCommand]:
@@ -55,8 +67,19 @@ async def _answer_from_index(
 
 
 async def on_stats(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Collection size, species count, model and build time."""
-    await _answer_from_index(update, context, lambda engine: engine.stats(), stats_text)
+    """Collection size, species count, model and build time; for admins, the curation log."""
+    svc = get_services(context)
+    user_id = update.effective_user.id if update.effective_user else None
+    audit = ""
+    if svc.is_admin(user_id):
+        from bot.curate import audit_line
+
+        audit = await asyncio.to_thread(audit_line, lang_of(update.effective_user), svc)
+
+    def render(lang: Lang, stats: Any) -> str:
+        return stats_text(lang, stats) + (f"\n{audit}" if audit else "")
+
+    await _answer_from_index(update, context, lambda engine: engine.stats(), render)
 
 
 async def on_species(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

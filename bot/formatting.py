@@ -64,10 +64,32 @@ def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities
     return "\n".join(lines)
 
 
+#: Longest author credit shown in a caption (the caption limit is 1024 characters).
+MAX_CREDIT = 200
+
+
+def attribution(hit: dict[str, Any]) -> str | None:
+    """'© Author · CC BY-SA 4.0' for a photo under CC BY or CC BY-SA (which require credit)."""
+    licence = " ".join(str(hit.get("license") or "").split())
+    words = licence.upper().replace("-", " ").split()
+    if words[:2] != ["CC", "BY"] or "NC" in words or "ND" in words:
+        return None
+    author = " ".join(str(hit.get("author") or "").split()) or "unknown author"
+    if len(author) > MAX_CREDIT:
+        author = author[: MAX_CREDIT - 1] + "…"
+    return f"© {author} · {licence[:40]}"
+
+
 def album_caption(lang: Lang, hit: dict[str, Any]) -> str:
-    """One album photo's caption: its species and how similar it is."""
+    """One album photo's caption: its species, how similar it is, and the credit a CC BY(-SA)
+    licence asks for."""
     similarity = percent(float(hit.get("similarity", 0.0)))
     text = t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)
+    if hit.get("common"):
+        text = f"{html.escape(str(hit['common']))} — {text}"
+    credit = attribution(hit)
+    if credit:
+        text += "\n" + html.escape(credit)
     return fit_html(text, CAPTION_LIMIT)
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 
 from telegram import User
 
+from bot import i18n_curation as curation_strings
+
 Lang = Literal["en", "ru"]
 
 EN: dict[str, str] = {
@@ -172,6 +174,9 @@ RU: dict[str, str] = {
     ),
     "error": "Извините, при обработке сообщения что-то пошло не так. Попробуйте позже.",
 }
+
+EN.update(curation_strings.EN)
+RU.update(curation_strings.RU)
 
 TABLES: dict[Lang, dict[str, str]] = {"en": EN, "ru": RU}
 

@@ -18,10 +18,12 @@ from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
 from bot.album import send_album
+from bot.answers import send_species_answer
 from bot.chat_action import chat_action
 from bot.formatting import classification_text, unknown_species_text
 from bot.i18n import Lang, lang_of, t
 from bot.inputs import InputProblem, decode, download, has_media, image_ref
+from bot.names import name_line, with_common_names
 from bot.replies import not_indexed_text, reply
 from bot.services import Services, get_services
 from core.errors import (
@@ -109,7 +111,11 @@ async def answer(
             await reply(message, not_indexed_text(lang, svc, update))
             return
         action = ChatAction.TYPING if mode == "classify" else ChatAction.UPLOAD_PHOTO
-        async with chat_action(context.bot, message.chat_id, action, svc.chat_action_interval):
+        user_id = update.effective_user.id if update.effective_user else None
+        async with (
+            svc.fair.slot(user_id, lambda: reply(message, t(lang, "queued"))),
+            chat_action(context.bot, message.chat_id, action, svc.chat_action_interval),
+        ):
             data = await download(context.bot, ref)
             image = await asyncio.to_thread(decode, data, svc.engine)
             classification, hits = await _run_engine(svc, image, mode, species)
@@ -117,7 +123,15 @@ async def answer(
                 text = classification_text(
                     lang, classification, all_probabilities=mode == "classify"
                 )
-                await reply(message, text)
+                if svc.names is not None:
+                    common = await asyncio.to_thread(
+                        name_line, lang, classification.get("species"), svc.names
+                    )
+                    text += f"\n{common}" if common else ""
+                shown = len(hits) if hits else None
+                await send_species_answer(
+                    update, svc, message, lang, text, ref.file_id, classification, shown
+                )
             if hits is not None:
                 await _send_hits(context, svc, message, lang, hits)
     except InputProblem as problem:
@@ -157,6 +171,7 @@ async def _send_hits(
 ) -> None:
     sent = 0
     if hits:
+        hits = await asyncio.to_thread(with_common_names, hits, lang, svc.names)
         sent = await send_album(
             context.bot,
             message.chat_id,
@@ -165,6 +180,7 @@ async def _send_hits(
             thumbs=svc.thumbs,
             file_ids=svc.file_ids,
             reply_to=message.message_id,
+            on_sent=lambda pairs: svc.state.remember_album(message.chat_id, pairs),
         )
     if not sent:
         await reply(message, t(lang, "no_similar"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from telegram import Message, ReplyParameters, Update
+from telegram import InlineKeyboardMarkup, Message, ReplyParameters, Update
 from telegram.constants import ParseMode
 from telegram.ext import ContextTypes
 
@@ -13,14 +13,16 @@ from bot.paging import split_html
 from bot.services import Services
 
 
-async def reply(message: Message, text: str) -> Message:
+async def reply(message: Message, text: str, markup: InlineKeyboardMarkup | None = None) -> Message:
     """Answer `message` as a reply (still sent if the user deleted it meanwhile).
 
     A text over Telegram's length limit is sent as several messages, cut on line boundaries, each
-    well-formed HTML; the first one is returned.
+    well-formed HTML; the first one is returned, unless `markup` (inline buttons) is given: it goes
+    under the last page, which is then returned.
     """
     sent: list[Message] = []
-    for page in split_html(text):
+    pages = split_html(text)
+    for i, page in enumerate(pages):
         sent.append(
             await message.reply_text(
                 page,
@@ -28,9 +30,10 @@ async def reply(message: Message, text: str) -> Message:
                 reply_parameters=ReplyParameters(
                     message.message_id, allow_sending_without_reply=True
                 ),
+                reply_markup=markup if i == len(pages) - 1 else None,
             )
         )
-    return sent[0]
+    return sent[-1] if markup is not None else sent[0]
 
 
 Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]

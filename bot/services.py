@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from telegram.ext import ContextTypes
 
+from bot.fairshare import FairShare
 from bot.file_ids import FileIdStore
+from bot.names import CommonNames
 from bot.reindex import ReindexRunner
+from bot.state import BotState
 from bot.thumbs import ThumbnailCache
 from core.settings import Settings
 
@@ -25,7 +28,10 @@ class Services:
     thumbs: ThumbnailCache
     file_ids: FileIdStore
     reindex: ReindexRunner
+    state: BotState
     chat_action_interval: float = 4.0
+    fair: FairShare = field(default_factory=FairShare)
+    names: CommonNames | None = None
 
     @property
     def top_k(self) -> int:

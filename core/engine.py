@@ -39,6 +39,10 @@ from core.vectorstore import Hit, VectorStore, Where, open_store
 log = logging.getLogger(__name__)
 
 
+#: Payload fields results carry for attribution (captions credit CC BY photos).
+_CREDIT_FIELDS = ("license", "author", "url", "genus")
+
+
 class UnsafePathError(KontrolError):
     """A stored path points outside the collection (a tampered or foreign index)."""
 
@@ -193,6 +197,7 @@ class Engine:
                     "similarity": float(h.score),
                     "class": h.payload.get("species"),
                     "uuid": h.id,
+                    **{k: h.payload[k] for k in _CREDIT_FIELDS if h.payload.get(k)},
                 }
             )
         return out

@@ -117,14 +117,26 @@ class Handled:
 
     def __init__(self, app: Application) -> None:
         self._done: set[tuple[int, int]] = set()
+        self._queries: set[str] = set()
         self._event = asyncio.Event()
         app.add_handler(TypeHandler(Update, self._record), group=self.GROUP)
 
     async def _record(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if update.callback_query is not None:
+            self._queries.add(update.callback_query.id)
+            self._event.set()
+            return
         message = update.effective_message
         if message is not None:
             self._done.add((message.chat_id, message.message_id))
             self._event.set()
+
+    async def wait_query(self, query: dict[str, Any], timeout: float = 10.0) -> None:
+        """Return once the button press `query` (from `send_callback_query`) was handled."""
+        async with asyncio.timeout(timeout):
+            while query["id"] not in self._queries:
+                self._event.clear()
+                await self._event.wait()
 
     async def wait(self, message: dict[str, Any], timeout: float = 10.0) -> None:
         """Return once the update carrying `message` (a fake server message dict) was handled."""

@@ -1392,6 +1392,13 @@ class FakeTelegram:
     def _markup(params: dict[str, Any]) -> dict[str, Any]:
         markup = params.get("reply_markup")
         if isinstance(markup, dict) and "inline_keyboard" in markup:
+            for row in markup["inline_keyboard"]:
+                for button in row:
+                    data = button.get("callback_data")
+                    if data is not None and not 1 <= len(str(data).encode()) <= 64:
+                        raise _bad("BUTTON_DATA_INVALID")
+                    if not str(button.get("text", "")).strip():
+                        raise _bad("text buttons are unallowed in the inline keyboard")
             return {"reply_markup": markup}
         return {}
 

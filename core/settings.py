@@ -136,6 +136,16 @@ class Settings(BaseSettings):
     min_image_side: int = Field(
         32, ge=1, description="Images whose shorter side is below this are refused as too small."
     )
+    decode_budget_mb: int = Field(
+        0,
+        ge=0,
+        le=1_048_576,
+        description=(
+            "Memory (MB) that image decodes in progress may use together, estimated from each "
+            "header before decoding; more decodes wait their turn, and one image that alone needs "
+            "more is refused. 0 = auto: min(1024, 25% of RAM or of the container's limit)."
+        ),
+    )
 
     # --- search and classification ---------------------------------------------------------------
     top_k: int = Field(

@@ -87,7 +87,8 @@ def test_result_is_detached_from_the_file(rgb_jpeg: Path) -> None:
         ("f.tif", True),
         ("g.TIFF", True),
         ("h.txt", False),
-        ("i.heic", False),
+        ("i.heic", True),
+        ("i.HEIF", True),
         ("jpg", False),
         ("k.jpg.json", False),
     ],
@@ -258,27 +259,32 @@ def test_png_bomb_refused_before_decoding(tmp_path: Path) -> None:
         load_image(path)
 
 
-def test_max_pixels_is_ours_not_pillows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_max_pixels_is_checked_per_call(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (200, 100), RED), tmp_path / "x.png", "PNG")
-    with pytest.raises(ImageTooLargeError):
+    with pytest.raises(ImageTooLargeError, match="the limit is"):
         load_image(path, max_pixels=19_999)
-    # A tiny global Pillow limit plus warnings-as-errors must not change the outcome.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert load_image(path, max_pixels=20_000).size == (200, 100)
+    assert load_image(path, max_pixels=20_000).size == (200, 100)
 
 
-def test_large_header_within_our_limit_is_not_refused_by_pillow(tmp_path: Path) -> None:
-    # 10000x10000 = 100 MP exceeds Pillow's default 89 MP; with our limit raised it gets to the
-    # decoder (which then finds no data) instead of a bomb error.
-    path = tmp_path / "tall.png"
-    path.write_bytes(_png(10_000, 10_000, 8, 0, b"\x00" * 16))
+def test_pillows_global_limit_is_left_alone(tmp_path: Path) -> None:
+    # It used to be set to None on every call, switching off Pillow's guard for the whole process.
+    before = Image.MAX_IMAGE_PIXELS
+    assert before is not None
+    load_image(_save(Image.new("RGB", (40, 40), RED), tmp_path / "x.png", "PNG"))
+    assert before == Image.MAX_IMAGE_PIXELS
+
+
+@pytest.mark.parametrize("warnings_as_errors", [False, True])
+def test_a_stricter_global_limit_set_elsewhere_is_a_readable_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings_as_errors: bool
+) -> None:
+    path = _save(Image.new("RGB", (200, 100), RED), tmp_path / "x.png", "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 20000 px > 2 x 1000: Pillow's error
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with pytest.raises(ImageError) as info:
-            load_image(path, max_pixels=200_000_000)
-    assert not isinstance(info.value, ImageTooLargeError)
+        if warnings_as_errors:
+            warnings.simplefilter("error")
+        with pytest.raises(ImageTooLargeError, match=r"more than 0\.001 megapixels\.$"):
+            load_image(path, max_pixels=20_000)
 
 
 def test_too_many_bytes(tmp_path: Path, rgb_jpeg: Path) -> None:

@@ -106,7 +106,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 f"{head.get('holdout_accuracy', 0) * 100:.0f}%."
             )
     if report.skipped:
-        print("Skipped (unreadable):", file=sys.stderr)
+        print("Skipped:", file=sys.stderr)
         for path, why in report.skipped:
             print(f"  {path}: {why}", file=sys.stderr)
     return 0

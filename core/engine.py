@@ -33,6 +33,7 @@ from core.head import SpeciesHead, head_classification, load_head
 from core.imageio import load_image
 from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
+from core.paths import safe_join
 from core.settings import Settings, get_settings
 from core.vectorstore import Hit, VectorStore, Where, open_store
 
@@ -41,10 +42,6 @@ log = logging.getLogger(__name__)
 
 #: Payload fields results carry for attribution (captions credit CC BY photos).
 _CREDIT_FIELDS = ("license", "author", "url", "genus")
-
-
-class UnsafePathError(KontrolError):
-    """A stored path points outside the collection (a tampered or foreign index)."""
 
 
 class Engine:
@@ -192,7 +189,7 @@ class Engine:
             rel = str(h.payload.get("path", ""))
             out.append(
                 {
-                    "image_path": str(_inside(root, rel)),
+                    "image_path": str(safe_join(root, rel)),
                     "path": rel,
                     "similarity": float(h.score),
                     "class": h.payload.get("species"),
@@ -397,17 +394,6 @@ def label_set_key(counts: dict[str, int]) -> str:
     it (no retraining per photo); a new or vanished species changes it."""
     digest = hashlib.sha1("\n".join(sorted(counts)).encode()).hexdigest()[:16]
     return f"species:{digest}"
-
-
-def _inside(root: Path, rel: str) -> Path:
-    """`root / rel`, refusing a stored path that is absolute or climbs out of the collection."""
-    candidate = Path(rel)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        raise UnsafePathError(
-            f"The index names a photo outside the collection ({rel!r}); rebuild it with "
-            "`kontrol index --full`."
-        )
-    return root / candidate
 
 
 _engine: Engine | None = None

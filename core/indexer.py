@@ -26,7 +26,7 @@ import numpy as np
 
 from core import seed_format
 from core.catalog import Catalog, Entry
-from core.collection import CollectionFile, scan_collection
+from core.collection import CollectionFile, scan_collection_report
 from core.embedders.base import Embedder
 from core.errors import IndexCorruptError, KontrolError
 from core.imageio import load_image
@@ -230,7 +230,8 @@ def build_index(
     started = time.perf_counter()
     root = Path(settings.images_dir)
     t0 = time.perf_counter()
-    files = scan_collection(root)
+    scan = scan_collection_report(root)
+    files = scan.files
     timings: dict[str, float] = {"scan_s": time.perf_counter() - t0}
     embedder.load()
     own = store is None
@@ -247,6 +248,7 @@ def build_index(
                 root,
                 timings,
                 started,
+                scan_skipped=[(e.path, e.reason) for e in scan.skipped],
                 progress=progress,
                 full=full,
                 show_bar=show_bar,
@@ -269,6 +271,7 @@ def _index_locked(
     timings: dict[str, float],
     started: float,
     *,
+    scan_skipped: list[tuple[str, str]],
     progress: ProgressCallback | None,
     full: bool,
     show_bar: bool,
@@ -296,7 +299,7 @@ def _index_locked(
     removed = [e for p, e in known.items() if p not in current]
     to_embed: list[CollectionFile] = []
     unchanged = 0
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = list(scan_skipped)
     for f in files:
         e = known.get(f.path)
         if e is not None and (e.size, e.mtime_ns, e.species) == (f.size, f.mtime_ns, f.species):

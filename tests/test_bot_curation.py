@@ -80,7 +80,7 @@ async def test_add_as_caption_is_searchable_at_once_without_a_scan(
     own_bot: Bot, own_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tg, root = own_bot.tg, own_world.root
-    monkeypatch.setattr("core.indexer.scan_collection", _no_scan)
+    monkeypatch.setattr("core.indexer.scan_collection_report", _no_scan)
     data = new_photo()
     before = photos(root)
     sent = tg.send_user_message(ADMIN, photo=data, caption="/add vulpes VULPES", username="cur")

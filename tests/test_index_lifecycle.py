@@ -157,3 +157,12 @@ def test_search_cli_takes_many_images_and_checks_top_k(tiny_cli: Settings, tmp_p
     assert main(["search", paths[0], "--where", "family=Felidae", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert hits and {h["class"] for h in hits} == {"Felis catus"}
+
+
+def test_symlink_loop_is_skipped_and_listed_not_a_crash(tiny_cli: Settings, capsys) -> None:
+    root = Path(tiny_cli.images_dir)
+    (root / "Canis_lupus" / "self").symlink_to(".")
+    assert main(["index", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "Indexed 13 photos" in captured.out
+    assert "Canis_lupus/self" in captured.err

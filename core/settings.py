@@ -159,6 +159,16 @@ class Settings(BaseSettings):
         le=1.0,
         description="Below this vote share (or head probability) the answer is 'not sure'.",
     )
+    classify_min_probability: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Named-answer threshold on the calibrated probability (when a vote calibration or "
+            "head is fitted): below it the answer moves up to genus/family/order, or 'not sure'. "
+            "Default chosen for >= 85% precision of named answers by scripts/choose_defaults.py."
+        ),
+    )
 
     # --- Telegram bot --------------------------------------------------------------------------
     bot_token: SecretStr | None = Field(None, description="Telegram bot token from @BotFather.")

@@ -139,12 +139,14 @@ def loo_vote_rows(
     temperature: float = TEMPERATURE,
     groups: Sequence[int] | None = None,
     queries: np.ndarray | None = None,
+    voters: np.ndarray | None = None,
     block: int = 1024,
 ) -> list[VoteRow]:
     """Leave-one-out votes: each query classified from its k nearest other photos.
 
     `groups` (optional) names a group per photo whose members never vote for each other (an
-    original and its augmented copies). `queries` limits which rows are asked (all by default).
+    original and its augmented copies). `queries` limits which rows are asked (all by default),
+    `voters` (a boolean mask) which rows may be neighbours (all by default).
     """
     x = np.asarray(vectors, dtype=np.float32)
     n = len(x)
@@ -156,6 +158,8 @@ def loo_vote_rows(
         q = asked[start : start + block]
         sims = x[q] @ x.T
         sims[group[q][:, None] == group[None, :]] = -np.inf
+        if voters is not None:
+            sims[:, ~np.asarray(voters, dtype=bool)] = -np.inf
         kk = min(k, n - 1)
         if kk <= 0:
             break

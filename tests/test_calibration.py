@@ -119,3 +119,32 @@ def test_species_answer_keeps_old_keys() -> None:
     assert {"species", "confidence", "probabilities", "source"} <= set(result)
     assert result["species"] == "Canis lupus" and result["rank"] == "species"
     assert result["confidence"] <= 0.99 and result["vote_share"] == 1.0
+
+
+def test_reindex_fits_the_calibration_and_the_engine_serves_it(tmp_path) -> None:
+    from PIL import Image, ImageOps
+
+    from core.calibration import CALIBRATION_FILE
+    from core.engine import Engine
+    from core.settings import load_settings
+    from tests.helpers import TinyEmbedder, make_collection
+
+    root = tmp_path / "photos"
+    make_collection(root, {"Aa_aa": 8, "Ab_bb": 8, "Cc_cc": 8})
+    settings = load_settings(
+        images_dir=root, index_dir=tmp_path / "idx", models_dir=tmp_path / "m", index_type="flat"
+    )
+    engine = Engine(settings, embedder=TinyEmbedder())
+    report = engine.reindex()
+    assert (tmp_path / "m" / CALIBRATION_FILE).exists()
+    assert report.head is not None and report.head["calibration"]["queries"] == 24
+    query = ImageOps.mirror(Image.open(sorted((root / "Cc_cc").glob("*.jpg"))[0]))
+    result = engine.classify(query)
+    assert result["calibrated"] is True and result["confidence"] <= 0.99
+    assert result["rank"] in {"species", "genus", "family", "order", None}
+    if result["species"] is not None:
+        assert result["rank"] == "species" and result["taxon"] == result["species"]
+    # A different label set makes it stale: it is not served.
+    make_collection(root, {"Dd_dd": 2})
+    engine.reindex(train="skip")
+    assert engine.classify(query)["calibrated"] is False

@@ -160,13 +160,13 @@ class Settings(BaseSettings):
         description="Below this vote share (or head probability) the answer is 'not sure'.",
     )
     classify_min_probability: float = Field(
-        0.7,
+        0.85,
         ge=0.0,
         le=1.0,
         description=(
             "Named-answer threshold on the calibrated probability (when a vote calibration or "
             "head is fitted): below it the answer moves up to genus/family/order, or 'not sure'. "
-            "Default chosen for >= 85% precision of named answers by scripts/choose_defaults.py."
+            "Default: >= 85% precision of named answers (scripts/choose_defaults.py, BENCHMARKS.md)."
         ),
     )
 

@@ -254,7 +254,7 @@ def evaluate(
     sample_queries: int = 8,
     min_similarity: float = 0.55,
     min_confidence: float = 0.35,
-    min_probability: float = 0.7,
+    min_probability: float = 0.85,
     target_precision: float = 0.85,
     bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,

@@ -19,11 +19,28 @@ def percent(value: float) -> str:
     return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
 
 
+#: Candidates less probable than this are not listed.
+MIN_SHOWN_PROBABILITY = 0.05
+#: A shown probability never reaches certainty.
+MAX_SHOWN_PROBABILITY = 0.99
+
+
+def probability_percent(value: float) -> str:
+    """A probability for the species answer: like `percent`, capped at 99% (never "100%")."""
+    return percent(min(float(value), MAX_SHOWN_PROBABILITY))
+
+
+def hedge(lang: Lang, probability: float) -> str:
+    """Calibrated words: "almost certainly" >= 0.9, "probably" >= 0.7, "possibly" below."""
+    key = "hedge_high" if probability >= 0.9 else "hedge_mid" if probability >= 0.7 else "hedge_low"
+    return t(lang, key)
+
+
 def _candidates(lang: Lang, probabilities: dict[str, float], skip: str | None) -> list[str]:
     return [
-        t(lang, "candidate_line", species=name, probability=percent(p))
+        t(lang, "candidate_line", species=name, probability=probability_percent(p))
         for name, p in probabilities.items()
-        if name != skip
+        if name != skip and p >= MIN_SHOWN_PROBABILITY
     ]
 
 
@@ -39,25 +56,68 @@ def _fallback_line(lang: Lang, fallback: dict[str, Any] | None) -> list[str]:
     return ["", t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0)))]
 
 
-def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities: bool) -> str:
-    """The species answer: a name and its confidence, or 'not sure' with the closest candidates.
+def _headline(lang: Lang, result: dict[str, Any]) -> str | None:
+    """The answer's first line, or None when it is "not sure"."""
+    species = result.get("species")
+    rank = result.get("rank")
+    calibrated = bool(result.get("calibrated"))
+    if species is not None and not calibrated:
+        return t(
+            lang,
+            "species_result",
+            species=species,
+            confidence=probability_percent(result["confidence"]),
+        )
+    if species is not None:
+        p = float(result["confidence"])
+        return t(
+            lang,
+            "species_answer",
+            hedge=hedge(lang, p),
+            species=species,
+            confidence=probability_percent(p),
+        )
+    if rank and rank != "species" and result.get("taxon"):
+        p = float(result.get("taxon_confidence") or 0.0)
+        likely = result.get("likely_species") or ""
+        probabilities = result.get("probabilities") or {}
+        return t(
+            lang,
+            "rank_answer",
+            hedge=hedge(lang, p),
+            rank=t(lang, f"rank_{rank}"),
+            taxon=str(result["taxon"]),
+            confidence=probability_percent(p),
+            species=likely,
+            species_confidence=probability_percent(float(probabilities.get(likely, 0.0))),
+        )
+    return None
 
+
+def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities: bool) -> str:
+    """The species answer in calibrated words, or 'not sure' with the closest candidates.
+
+    A species answer ("Probably <i>Felis catus</i> (78%)"); when the species is uncertain but its
+    candidates share a genus, family or order, an answer at that rank; else "not sure". The
+    words follow the calibrated probability (almost certainly >= 90%, probably >= 70%, possibly
+    below); no probability is shown as 100% and candidates under 5% are not listed.
     `all_probabilities` (for /classify) lists the top-5 probabilities instead of "other
     candidates"; with a plain photo, the runner-ups are listed as "other candidates".
     """
     species = result.get("species")
     probabilities: dict[str, float] = dict(result.get("probabilities") or {})
+    headline = _headline(lang, result)
     lines: list[str]
-    if species is None:
+    if headline is None:
         lines = [t(lang, "not_sure"), *_candidates(lang, probabilities, None)]
         lines += _fallback_line(lang, result.get("fallback"))
         return "\n".join(lines)
-    lines = [t(lang, "species_result", species=species, confidence=percent(result["confidence"]))]
+    lines = [headline]
     if all_probabilities:
         rest = _candidates(lang, probabilities, None)
         header = "probabilities"
     else:
-        rest = _candidates(lang, probabilities, species)
+        rest = _candidates(lang, probabilities, species or result.get("likely_species"))
         header = "candidates"
     if rest:
         lines += ["", t(lang, header), *rest]

@@ -54,6 +54,18 @@ EN: dict[str, str] = {
     "candidates": "Other candidates:",
     "candidate_line": "• <i>{species}</i>: {probability}",
     "probabilities": "Top probabilities:",
+    "hedge_high": "Almost certainly",
+    "hedge_mid": "Probably",
+    "hedge_low": "Possibly",
+    "species_answer": "🐾 {hedge} <b><i>{species}</i></b> ({confidence})",
+    "rank_answer": (
+        "🐾 {hedge} an animal of the {rank} <b><i>{taxon}</i></b> ({confidence}), "
+        "most likely <i>{species}</i> ({species_confidence})"
+    ),
+    "rank_genus": "genus",
+    "rank_family": "family",
+    "rank_order": "order",
+    "rank_class": "class",
     "fallback": ("ImageNet guess (general model, not from this collection): {name}, {confidence}"),
     "album_caption": "<i>{species}</i>: {similarity} similar",
     "similar_header": "Most similar photos:",
@@ -131,6 +143,18 @@ RU: dict[str, str] = {
     "candidates": "Другие варианты:",
     "candidate_line": "• <i>{species}</i>: {probability}",
     "probabilities": "Топ вероятностей:",
+    "hedge_high": "Почти наверняка",
+    "hedge_mid": "Вероятно,",
+    "hedge_low": "Возможно,",
+    "species_answer": "🐾 {hedge} <b><i>{species}</i></b> ({confidence})",
+    "rank_answer": (
+        "🐾 {hedge} животное из {rank} <b><i>{taxon}</i></b> ({confidence}), "
+        "скорее всего <i>{species}</i> ({species_confidence})"
+    ),
+    "rank_genus": "рода",
+    "rank_family": "семейства",
+    "rank_order": "отряда",
+    "rank_class": "класса",
     "fallback": "Догадка ImageNet (общая модель, не из этой коллекции): {name}, {confidence}",
     "album_caption": "<i>{species}</i>: сходство {similarity}",
     "similar_header": "Самые похожие фото:",

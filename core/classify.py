@@ -18,6 +18,19 @@ TEMPERATURE = 0.05
 TOP_PROBABILITIES = 5
 
 
+def vote_shares(
+    species: list[str], similarities: np.ndarray, temperature: float = TEMPERATURE
+) -> list[tuple[str, float]]:
+    """Each species' share of the similarity-weighted vote, largest first (ties: nearer first)."""
+    sims = np.asarray(similarities, dtype=np.float64)
+    weights = np.exp((sims - sims.max()) / temperature)
+    totals: dict[str, float] = {}
+    for name, w in zip(species, weights, strict=True):
+        totals[name] = totals.get(name, 0.0) + float(w)
+    norm = sum(totals.values())
+    return sorted(((name, w / norm) for name, w in totals.items()), key=lambda x: -x[1])
+
+
 def vote(
     species: list[str],
     similarities: np.ndarray,
@@ -30,14 +43,9 @@ def vote(
     if len(species) == 0:
         return {"species": None, "confidence": 0.0, "probabilities": {}, "source": "knn"}
     sims = np.asarray(similarities, dtype=np.float64)
-    weights = np.exp((sims - sims.max()) / temperature)
-    totals: dict[str, float] = {}
-    for name, w in zip(species, weights, strict=True):
-        totals[name] = totals.get(name, 0.0) + float(w)
-    norm = sum(totals.values())
-    ranked = sorted(((w / norm, name) for name, w in totals.items()), reverse=True)
-    probabilities = {name: round(p, 6) for p, name in ranked[:TOP_PROBABILITIES]}
-    best_p, best = ranked[0]
+    ranked = vote_shares(species, sims, temperature)
+    probabilities = {name: round(p, 6) for name, p in ranked[:TOP_PROBABILITIES]}
+    best, best_p = ranked[0]
     sure = float(sims.max()) >= min_similarity and best_p >= min_confidence
     return {
         "species": best if sure else None,

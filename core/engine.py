@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 
 from core import embedders
+from core.answer import finish_answer, table_lineage
+from core.calibration import VoteCalibrator, load_calibrator
 from core.classify import vote
 from core.collection import normalize_species
 from core.embedders.base import Embedder
@@ -35,6 +37,7 @@ from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
 from core.paths import safe_join
 from core.settings import Settings, get_settings
+from core.taxonomy import PAYLOAD_RANKS as RANK_FIELDS
 from core.vectorstore import Hit, VectorStore, Where, open_store
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,7 @@ class Engine:
         self._reindex_lock = threading.Lock()
         self._embedder_loaded = False
         self._head: tuple[str, SpeciesHead | None] | None = None
+        self._calibrator: tuple[str, VoteCalibrator | None] | None = None
         self._species: tuple[str, dict[str, int]] | None = None
         self._head_thread: threading.Thread | None = None
 
@@ -220,6 +224,17 @@ class Engine:
             self._head = cached
         return cached[1]
 
+    def _calibrator_for(self, key: str) -> VoteCalibrator | None:
+        """The fitted vote calibration for this label set, if one exists and is fresh."""
+        cached = self._calibrator
+        if cached is None or cached[0] != key:
+            cal = load_calibrator(
+                self.settings.models_dir, fingerprint=self.embedder.fingerprint, key=key
+            )
+            cached = (key, cal)
+            self._calibrator = cached
+        return cached[1]
+
     def classify_vector(
         self, vector: np.ndarray, logits: np.ndarray | None = None
     ) -> dict[str, Any]:
@@ -237,7 +252,8 @@ class Engine:
         """Classification given the query's nearest neighbours, best first."""
         s = self.settings
         sims = np.array([h.score for h in hits], dtype=np.float32)
-        head = self._head_for(label_set_key(self.species_counts()))
+        key = label_set_key(self.species_counts())
+        head = self._head_for(key)
         if head is not None and head.report.get("preferred"):
             result = head_classification(
                 head,
@@ -253,8 +269,22 @@ class Engine:
                 min_similarity=s.classify_min_similarity,
                 min_confidence=s.classify_min_confidence,
             )
+        lineages = {
+            str(h.payload.get("species")): {
+                r: str(h.payload[r]) for r in RANK_FIELDS if h.payload.get(r)
+            }
+            for h in hits
+        }
+        result = finish_answer(
+            result,
+            calibrator=self._calibrator_for(key),
+            min_probability=s.classify_min_probability,
+            min_similarity=s.classify_min_similarity,
+            raw_min_confidence=s.classify_min_confidence,
+            lineage=lambda name: lineages.get(name) or table_lineage(name),
+        )
         result["fallback"] = (
-            imagenet_fallback(logits) if logits is not None and result["species"] is None else None
+            imagenet_fallback(logits) if logits is not None and result["rank"] is None else None
         )
         return result
 
@@ -371,21 +401,34 @@ class Engine:
         return report
 
     def train_head(self, *, force: bool = False) -> dict[str, Any] | None:
-        """Fit the species head on a bounded sample of the store if its label set changed."""
-        from core.head_fit import train_head_from_store
+        """Fit the species head and the vote calibration on a bounded sample of the store if its
+        label set changed."""
+        from core.head_fit import calibrate_vote_from_store, train_head_from_store
 
         try:
             store, _ = self._checked_store()
         except KontrolError:
             return None
+        key = label_set_key(store.values("species"))
         report = train_head_from_store(
             store,
             self.settings.models_dir,
             fingerprint=self.embedder.fingerprint,
-            key=label_set_key(store.values("species")),
+            key=key,
             force=force,
         )
+        calibration = calibrate_vote_from_store(
+            store,
+            self.settings.models_dir,
+            fingerprint=self.embedder.fingerprint,
+            key=key,
+            k=self.settings.classify_neighbors,
+            force=force,
+        )
+        if report is not None:
+            report = {**report, "calibration": calibration}
         self._head = None
+        self._calibrator = None
         return report
 
 

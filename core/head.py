@@ -456,6 +456,15 @@ def format_report(report: dict[str, Any]) -> str:
         f"after temperature scaling (T = {report['temperature']:.3f}); "
         f"NLL {report['nll_before']:.3f} -> {report['nll_after']:.3f}; "
         f"{report['seconds']:.1f} s."
+    ) + _calibration_line(report.get("calibration"))
+
+
+def _calibration_line(cal: dict[str, Any] | None) -> str:
+    if not cal:
+        return ""
+    return (
+        f"\nVote calibration: {cal['queries']} leave-one-out queries, ECE "
+        f"{cal['ece_raw'] * 100:.1f}% (raw share) -> {cal['ece_fitted'] * 100:.1f}% (calibrated)."
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import fit_vote_calibration, load_calibrator
 from core.head import MIN_VALIDATED_CLASSES, load_head, train_head
 from core.seed_format import IndexData
 from core.vectorstore import VectorStore
@@ -79,3 +80,32 @@ def train_head_from_store(
         return None
     log.info("Species head trained: %s", report)
     return report
+
+
+def calibrate_vote_from_store(
+    store: VectorStore,
+    models_dir: Path,
+    *,
+    fingerprint: str,
+    key: str,
+    k: int = 10,
+    force: bool = False,
+) -> dict[str, Any] | None:
+    """Fit and save the neighbour vote's calibration (leave-one-out over a bounded sample) unless
+    one for this model and label set exists; its report, or None when skipped or failed."""
+    if not force:
+        existing = load_calibrator(models_dir, fingerprint=fingerprint, key=key)
+        if existing is not None:
+            return existing.report
+    try:
+        labels, vectors = sample_store(store)
+        cal = fit_vote_calibration(labels, vectors, fingerprint=fingerprint, key=key, k=k)
+        if cal is None:
+            log.info("Vote calibration skipped: too few photos.")
+            return None
+        cal.save(models_dir)
+    except Exception:
+        log.exception("Fitting the vote calibration failed; raw vote shares are shown.")
+        return None
+    log.info("Vote calibration fitted: %s", cal.report)
+    return cal.report

@@ -169,6 +169,16 @@ class Settings(BaseSettings):
         le=1.0,
         description="Below this vote share (or head probability) the answer is 'not sure'.",
     )
+    classify_min_probability: float = Field(
+        0.85,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Named-answer threshold on the calibrated probability (when a vote calibration or "
+            "head is fitted): below it the answer moves up to genus/family/order, or 'not sure'. "
+            "Default: >= 85% precision of named answers (scripts/choose_defaults.py, BENCHMARKS.md)."
+        ),
+    )
 
     # --- Telegram bot --------------------------------------------------------------------------
     bot_token: SecretStr | None = Field(None, description="Telegram bot token from @BotFather.")

@@ -24,6 +24,9 @@ HEADLINE = (
     "open_set_not_sure_rate",
     "non_animal_not_sure_rate",
     "near_duplicate_recall_at_1",
+    "genus_recall_at_1",
+    "named_answer_precision",
+    "ece",
     "query_latency_ms_p50",
     "query_latency_ms_p95",
     "indexing_photos_per_s",
@@ -88,6 +91,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         batch_size=settings.batch_size,
         min_similarity=settings.classify_min_similarity,
         min_confidence=settings.classify_min_confidence,
+        min_probability=settings.classify_min_probability,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
     )
@@ -96,6 +100,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         f"({'full' if index_report.full_rebuild else 'incremental'})"
     )
     for key in HEADLINE:
-        print(f"{key}: {result[key]} (n={result['queries'].get(key, '-')})")
+        interval = result["ci95"].get(key)
+        ci = f" [95% CI {interval[0]}, {interval[1]}]" if interval else ""
+        print(f"{key}: {result[key]}{ci} (n={result['queries'].get(key, '-')})")
     print(f"report: {result['files'].get('report')}")
     return 0

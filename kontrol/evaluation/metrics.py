@@ -11,7 +11,7 @@ Each metric returns a `Score` with its number of queries: a recall over 6 querie
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,12 +28,14 @@ class Score:
 
     value: float | None
     n: int
+    #: The per-query values averaged (for bootstrap intervals); None when not kept.
+    values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, hits: np.ndarray) -> Score:
         """Mean of per-query values; None rather than NaN when there are none."""
         hits = np.asarray(hits, dtype=np.float64)
-        return cls(float(hits.mean()) if hits.size else None, int(hits.size))
+        return cls(float(hits.mean()) if hits.size else None, int(hits.size), hits)
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,17 @@ _METRIC_ROWS = [
     ("known_species_not_sure_rate", "'Not sure' rate on known species", True),
     ("open_set_not_sure_rate", "'Not sure' rate on left-out species (open set)", True),
     ("near_duplicate_recall_at_1", "Near-duplicate recall@1 (6 alterations)", True),
+    ("genus_recall_at_1", "Genus recall@1 (nearest other photo, same genus)", True),
+    ("named_answer_precision", "Precision of named answers (calibrated, held-out)", True),
+    ("ece", "Calibration error ECE, 15 bins (held-out; lower is better)", False),
 ]
+
+
+def _with_ci(value: Any, interval: Any, percent: bool) -> str:
+    text = _fmt(value, percent)
+    if value is not None and interval:
+        text += f" [{_fmt(float(interval[0]), percent)}, {_fmt(float(interval[1]), percent)}]"
+    return text
 
 
 def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
@@ -184,11 +194,24 @@ def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
         f"{coll['species_with_2plus']} with 2+ photos. Model: {cfg.get('model') or 'n/a'}; "
         f"classifier: {cfg['classifier']}; k = {cfg['k']}; seed = {cfg['seed']}.",
         "",
-        "| Metric | Value | Queries |",
+        "| Metric | Value [95% CI] | Queries |",
         "|---|---|---|",
     ]
+    cis = result.get("ci95") or {}
     for key, name, percent in _METRIC_ROWS:
-        lines.append(f"| {name} | {_fmt(result.get(key), percent)} | {queries.get(key, 'n/a')} |")
+        value = _with_ci(result.get(key), cis.get(key), percent)
+        lines.append(f"| {name} | {value} | {queries.get(key, 'n/a')} |")
+    rc = result.get("risk_coverage") or {}
+    if result.get("ece") is not None:
+        lines += [
+            "",
+            f"Named answers at the configured threshold {cfg.get('min_probability')}: "
+            f"coverage {_fmt(result.get('named_answer_coverage'), True)} of queries; raw vote "
+            f"share ECE {_fmt(result.get('ece_raw_share'))}. Lowest threshold keeping "
+            f"precision >= {_fmt(rc.get('target_precision'), True)} on a plateau (+-0.05): "
+            f"{_fmt(rc.get('threshold_for_target'), digits=2)}. Intervals: bootstrap over "
+            f"queries, {cfg.get('bootstrap_reps')} reps, seed {cfg['seed']}.",
+        ]
     lines += [
         "",
         "| Speed | Value |",
@@ -223,7 +246,12 @@ def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
         lines += ["", f"Skipped {len(skipped)} unreadable photo(s):"]
         lines += [f"- `{rel}`: {reason}" for rel, reason in skipped[:20]]
     files = result.get("files") or {}
-    for key, caption in (("contact_sheet", "Sample queries"), ("histogram", "Similarities")):
+    for key, caption in (
+        ("contact_sheet", "Sample queries"),
+        ("histogram", "Similarities"),
+        ("reliability", "Reliability"),
+        ("risk_coverage", "Risk-coverage"),
+    ):
         if files.get(key):
             rel = Path(files[key]).name if Path(files[key]).parent == path.parent else files[key]
             lines += ["", f"## {caption}", "", f"![{caption}]({rel})"]

@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from core.calibration import expected_calibration_error, loo_vote_rows
 from core.errors import KontrolError
-from kontrol.evaluation import metrics
+from kontrol.evaluation import metrics, quality
 from kontrol.evaluation.augment import alter_all
 from kontrol.evaluation.labels import LabelledPhoto, load_labels
 from kontrol.evaluation.report import (
@@ -42,6 +43,10 @@ REPORT_NAME = "report.md"
 SHEET_NAME = "contact_sheet.png"
 HISTOGRAM_NAME = "similarity_histogram.png"
 JSON_NAME = "eval.json"
+RELIABILITY_NAME = "reliability.png"
+#: Named answers needed before a threshold's precision counts in the threshold choice.
+MIN_NAMED = 10
+RISK_COVERAGE_NAME = "risk_coverage.png"
 
 
 def default_load(path: Path) -> Image.Image:
@@ -249,6 +254,9 @@ def evaluate(
     sample_queries: int = 8,
     min_similarity: float = 0.55,
     min_confidence: float = 0.35,
+    min_probability: float = 0.85,
+    target_precision: float = 0.85,
+    bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,
     classifier_name: str | None = None,
     progress: ProgressFn | None = None,
@@ -302,6 +310,30 @@ def evaluate(
         )
     same, different = metrics.pair_similarities(sim, labels, seed=seed)
 
+    # Answer quality: held-out (leave-one-out votes, cross-fitted calibration) over every photo,
+    # singletons included (they stand for animals the collection lacks).
+    rows = loo_vote_rows(gallery, labels, k=k)
+    held = quality.cross_fitted(rows, seed=seed) if len(rows) >= 10 else None
+    ece = ece_raw = None
+    named_hits = metrics.Score(None, 0)
+    threshold_for_target = None
+    curve = None
+    if held is not None:
+        ece = expected_calibration_error(held.confidence, held.correct)
+        ece_raw = expected_calibration_error(held.raw, held.correct)
+        mask = quality.named(held, min_probability, min_similarity)
+        named_hits = metrics.Score.of(held.correct[mask])
+        curve = quality.risk_coverage(held, min_similarity)
+        threshold_for_target = quality.choose_threshold(
+            curve[0],
+            curve[2],
+            curve[1],
+            target=target_precision,
+            min_coverage=MIN_NAMED / len(rows),
+        )
+    genus_hits, _ = quality.genus_recall_at_1(sim, labels)
+    genus_recall = metrics.Score.of(genus_hits)
+
     if progress:
         progress("latency", 0, 1)
     lat = _latencies(
@@ -314,6 +346,32 @@ def evaluate(
         k=k,
         seed=seed,
     )
+    scores = {
+        "species_recall_at_1": recall,
+        "species_map": mean_ap,
+        "coarse_precision_at_10": coarse_p10,
+        "species_top1_accuracy": loo.accuracy,
+        "known_species_not_sure_rate": loo.not_sure_rate,
+        "open_set_not_sure_rate": open_set,
+        "non_animal_not_sure_rate": non_animal,
+        "near_duplicate_recall_at_1": near_dup,
+        "named_answer_precision": named_hits,
+        "genus_recall_at_1": genus_recall,
+    }
+
+    def ci(values: Any, stat: Any = np.mean) -> list[float] | None:
+        if values is None or len(values) == 0:
+            return None
+        got = quality.bootstrap_ci(values, stat, reps=bootstrap_reps, seed=seed)
+        return None if got is None else [round(got[0], 4), round(got[1], 4)]
+
+    ci95: dict[str, list[float] | None] = {key: ci(sc.values) for key, sc in scores.items()}
+    if held is not None:
+        pairs = np.stack([held.confidence, held.correct.astype(np.float64)], axis=1)
+        ci95["ece"] = ci(pairs, quality.ece_of)
+    if lat:
+        ci95["query_latency_ms_p50"] = ci(lat, lambda v: float(np.percentile(v, 50)))
+        ci95["query_latency_ms_p95"] = ci(lat, lambda v: float(np.percentile(v, 95)))
     sizes = metrics.group_sizes(labels)
     coarse_sizes = metrics.group_sizes(coarse)
     result: dict[str, Any] = {
@@ -325,6 +383,11 @@ def evaluate(
         "open_set_not_sure_rate": _round(open_set.value),
         "non_animal_not_sure_rate": _round(non_animal.value),
         "near_duplicate_recall_at_1": _round(near_dup.value),
+        "ece": _round(ece),
+        "ece_raw_share": _round(ece_raw),
+        "named_answer_precision": _round(named_hits.value),
+        "named_answer_coverage": _round(named_hits.n / len(rows)) if held is not None else None,
+        "genus_recall_at_1": _round(genus_recall.value),
         "query_latency_ms_p50": _round(float(np.percentile(lat, 50)), 2) if lat else None,
         "query_latency_ms_p95": _round(float(np.percentile(lat, 95)), 2) if lat else None,
         "indexing_photos_per_s": _round(len(kept) / max(run["index_seconds"], 1e-9), 2),
@@ -337,6 +400,22 @@ def evaluate(
             "open_set_not_sure_rate": open_set.n,
             "non_animal_not_sure_rate": non_animal.n,
             "near_duplicate_recall_at_1": near_dup.n,
+            "ece": len(rows) if held is not None else 0,
+            "named_answer_precision": named_hits.n,
+            "genus_recall_at_1": genus_recall.n,
+        },
+        "ci95": ci95,
+        "risk_coverage": {
+            "target_precision": target_precision,
+            "threshold_for_target": threshold_for_target,
+            "curve": (
+                []
+                if curve is None
+                else [
+                    [float(t), _round(c), _round(None if np.isnan(p) else p)]
+                    for t, c, p in zip(*curve, strict=True)
+                ]
+            ),
         },
         "near_duplicate_by_alteration": {kind: _round(s.value) for kind, s in by_kind.items()},
         "similarity": {
@@ -372,6 +451,8 @@ def evaluate(
             "batch_size": batch_size,
             "min_similarity": min_similarity,
             "min_confidence": min_confidence,
+            "min_probability": min_probability,
+            "bootstrap_reps": bootstrap_reps,
         },
         "files": {},
     }
@@ -385,6 +466,18 @@ def evaluate(
         result["files"]["histogram"] = str(
             similarity_histogram(out / HISTOGRAM_NAME, same, different, threshold=min_similarity)
         )
+        if held is not None and curve is not None:
+            result["files"]["reliability"] = str(
+                quality.reliability_diagram(out / RELIABILITY_NAME, held)
+            )
+            result["files"]["risk_coverage"] = str(
+                quality.risk_coverage_plot(
+                    out / RISK_COVERAGE_NAME,
+                    *curve,
+                    threshold=min_probability,
+                    target=target_precision,
+                )
+            )
         result["files"]["report"] = str(out / REPORT_NAME)
     json_target = Path(json_path) if json_path else (Path(out_dir) / JSON_NAME if out_dir else None)
     if json_target is not None:

@@ -1,0 +1,119 @@
+"""The species answer a user can trust: calibrated probabilities and the most specific safe rank.
+
+`finish_answer` takes the raw classification (neighbour vote or head) and
+
+1. calibrates it: the vote's shares go through the fitted `VoteCalibrator` (the head's
+   probabilities are temperature-calibrated already); no shown probability reaches 100 %;
+2. names the species when the best neighbour is similar enough (open set) and its calibrated
+   probability reaches the named-answer threshold;
+3. otherwise answers at the lowest rank whose candidates together reach that threshold: two
+   congeneric species splitting the vote become "the genus Felis, probably Felis catus";
+4. else "not sure" with the closest candidates.
+
+Keys added to the classification dict (the old ones keep their meaning): `rank` ("species",
+"genus", "family", "order" or None), `taxon` (the name at that rank), `taxon_confidence` (its
+probability), `likely_species` (the most probable species inside the taxon), `calibrated`.
+`species` stays None unless the answer is at species level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from core.calibration import MAX_PROBABILITY, VoteCalibrator
+from core.taxonomy import lineage_for, rank_names
+
+#: Ranks tried, most specific first, when the species itself is too uncertain.
+RANK_LADDER = ("genus", "family", "order")
+
+LineageFn = Callable[[str], Mapping[str, str]]
+
+
+@lru_cache(maxsize=4096)
+def _table_lineage(species: str) -> dict[str, str]:
+    return rank_names(lineage_for(species))
+
+
+def table_lineage(species: str) -> Mapping[str, str]:
+    """Genus, family, order, class of a name from the packaged tables (cached)."""
+    return _table_lineage(species)
+
+
+def finish_answer(
+    result: dict[str, Any],
+    *,
+    calibrator: VoteCalibrator | None,
+    min_probability: float,
+    min_similarity: float,
+    raw_min_confidence: float | None = None,
+    lineage: LineageFn = table_lineage,
+) -> dict[str, Any]:
+    """Calibrate `result` (from `vote` or `head_classification`) and choose the answer's rank.
+
+    Without a calibrator the vote keeps its own decision (species or None, made with
+    `raw_min_confidence` on the raw share) and that threshold also gates the rank answer.
+    """
+    out = dict(result)
+    probabilities: dict[str, float] = dict(result.get("probabilities") or {})
+    names = list(probabilities)
+    raw = np.array([probabilities[n] for n in names], dtype=np.float64)
+    best_similarity = result.get("best_similarity")
+    source = result.get("source")
+    if source == "knn" and calibrator is not None and names:
+        probs = calibrator.probability(raw, float(best_similarity or 0.0))
+        out["vote_share"] = float(raw[0])
+        calibrated, threshold = True, min_probability
+    elif source == "head":
+        probs = np.minimum(raw, MAX_PROBABILITY)
+        calibrated, threshold = True, min_probability
+    else:  # the raw vote: its own threshold, its own scale
+        probs = raw
+        calibrated, threshold = False, None
+    if names:
+        order = np.argsort(-probs, kind="stable")
+        names = [names[i] for i in order]
+        probs = probs[order]
+        out["probabilities"] = {n: round(float(p), 6) for n, p in zip(names, probs, strict=True)}
+        out["confidence"] = float(probs[0])
+    out["calibrated"] = calibrated
+    gate = best_similarity is None or float(best_similarity) >= min_similarity
+    if threshold is not None:
+        sure = gate and bool(names) and float(probs[0]) >= threshold
+        out["species"] = names[0] if sure else None
+    else:
+        threshold = min_probability if raw_min_confidence is None else raw_min_confidence
+    out.update(rank=None, taxon=None, taxon_confidence=None, likely_species=None)
+    if out.get("species") is not None:
+        out.update(
+            rank="species",
+            taxon=out["species"],
+            taxon_confidence=float(out["confidence"]),
+            likely_species=out["species"],
+        )
+        return out
+    if not gate or len(names) < 2:
+        return out
+    for rank in RANK_LADDER:
+        totals: dict[str, float] = {}
+        first: dict[str, str] = {}
+        for name, p in zip(names, probs, strict=True):
+            taxon = lineage(name).get(rank)
+            if taxon:
+                totals[taxon] = totals.get(taxon, 0.0) + float(p)
+                first.setdefault(taxon, name)
+        if not totals:
+            continue
+        taxon = max(totals, key=lambda t: totals[t])
+        if totals[taxon] >= threshold:
+            out.update(
+                rank=rank,
+                taxon=taxon,
+                taxon_confidence=min(totals[taxon], MAX_PROBABILITY),
+                likely_species=first[taxon],
+            )
+            return out
+    return out

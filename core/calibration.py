@@ -1,0 +1,285 @@
+"""Calibrated confidence for the neighbour vote: "80 %" should be right about 80 % of the time.
+
+The vote's raw share is a softmax over similarity gaps: with one close neighbour of species A it
+says 100 % A, even when the collection has no other photo of A's kind. `VoteCalibrator` maps a
+candidate's vote share and the query's best neighbour similarity to the probability that the
+candidate is the right species (Platt scaling: a logistic regression on [logit(share), best
+similarity]). It is fitted on held-out predictions: leave-one-out over the indexed photos, each
+photo classified from its neighbours among the others (`loo_vote_rows`), the top candidate of
+every query one example (right species or not); the same monotone map then rescales the runner-up
+candidates, so their order is kept. Photos whose species has no other photo are kept: they
+are what a photo of an animal missing from the collection looks like, so the calibrated
+probability also accounts for how often that happens in this collection.
+
+The calibrator is saved beside the species head in the models directory, keyed like the head
+(model fingerprint + label-set key): `kontrol train` and a re-index fit it, evaluation never does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.classify import TEMPERATURE, vote_shares
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "vote_calibration.json"
+FORMAT_VERSION = 1
+ECE_BINS = 15
+#: Fewer held-out queries than this and no calibrator is fitted (the raw share is kept).
+MIN_QUERIES = 20
+#: Leave-one-out queries used for fitting at most (a random sample beyond this).
+MAX_QUERIES = 5000
+_EPS = 1e-4
+#: Shown probabilities never reach certainty: the calibrated value is capped here.
+MAX_PROBABILITY = 0.99
+
+
+@dataclass(frozen=True)
+class VoteRow:
+    """One held-out query: its vote's candidates (largest share first), shares, best similarity
+    and the true species (None when unknown, e.g. a photo with no animal)."""
+
+    candidates: tuple[str, ...]
+    shares: np.ndarray
+    best_similarity: float
+    truth: str | None
+
+
+def _features(shares: np.ndarray, best_similarity: np.ndarray | float) -> np.ndarray:
+    s = np.clip(np.asarray(shares, dtype=np.float64), _EPS, 1 - _EPS)
+    b = np.broadcast_to(np.asarray(best_similarity, dtype=np.float64), s.shape)
+    return np.stack([np.log(s / (1 - s)), b, np.ones_like(s)], axis=-1)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+@dataclass
+class VoteCalibrator:
+    """P(candidate is right | its vote share, the best neighbour similarity), Platt-scaled."""
+
+    coef: np.ndarray  # (3,): logit(share), best similarity, intercept
+    fingerprint: str = ""
+    key: str = ""
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def probability(
+        self, shares: np.ndarray | Sequence[float], best_similarity: float
+    ) -> np.ndarray:
+        """Calibrated probability of each candidate (same order as `shares`), capped below 1 and
+        scaled so that they never sum past 1."""
+        p = _sigmoid(_features(np.asarray(shares, dtype=np.float64), best_similarity) @ self.coef)
+        p = np.minimum(p, MAX_PROBABILITY)
+        total = float(p.sum())
+        return p / total * MAX_PROBABILITY if total > MAX_PROBABILITY else p
+
+    def save(self, models_dir: Path) -> Path:
+        """Write `<models_dir>/vote_calibration.json` atomically."""
+        models_dir = Path(models_dir)
+        models_dir.mkdir(parents=True, exist_ok=True)
+        body = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": self.fingerprint,
+            "key": self.key,
+            "coef": [float(c) for c in self.coef],
+            "report": self.report,
+        }
+        target = models_dir / CALIBRATION_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".vote_calibration-", suffix=".tmp", dir=models_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(body, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+
+def load_calibrator(models_dir: Path, *, fingerprint: str, key: str) -> VoteCalibrator | None:
+    """The saved calibrator if fitted for this model and label set, else None (never raises)."""
+    path = Path(models_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        coef = np.asarray(body["coef"], dtype=np.float64)
+        if body.get("format_version") != FORMAT_VERSION or coef.shape != (3,):
+            raise ValueError("inconsistent contents")
+        if not np.all(np.isfinite(coef)):
+            raise ValueError("non-finite coefficients")
+    except Exception as exc:
+        log.warning("Vote calibration %s is unreadable (%s); ignoring it.", path, exc)
+        return None
+    if body.get("fingerprint") != fingerprint or body.get("key") != key:
+        log.info("Vote calibration %s is stale; ignoring it.", path)
+        return None
+    return VoteCalibrator(coef, fingerprint, key, dict(body.get("report") or {}))
+
+
+# --- held-out predictions -----------------------------------------------------------------------
+def loo_vote_rows(
+    vectors: np.ndarray,
+    labels: Sequence[str],
+    *,
+    k: int = 10,
+    temperature: float = TEMPERATURE,
+    groups: Sequence[int] | None = None,
+    queries: np.ndarray | None = None,
+    voters: np.ndarray | None = None,
+    block: int = 1024,
+) -> list[VoteRow]:
+    """Leave-one-out votes: each query classified from its k nearest other photos.
+
+    `groups` (optional) names a group per photo whose members never vote for each other (an
+    original and its augmented copies). `queries` limits which rows are asked (all by default),
+    `voters` (a boolean mask) which rows may be neighbours (all by default).
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    n = len(x)
+    labels = [str(v) for v in labels]
+    group = np.arange(n) if groups is None else np.asarray(groups)
+    asked = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
+    rows: list[VoteRow] = []
+    for start in range(0, len(asked), block):
+        q = asked[start : start + block]
+        sims = x[q] @ x.T
+        sims[group[q][:, None] == group[None, :]] = -np.inf
+        if voters is not None:
+            sims[:, ~np.asarray(voters, dtype=bool)] = -np.inf
+        kk = min(k, n - 1)
+        if kk <= 0:
+            break
+        top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+        for r, qi in enumerate(q):
+            nb = top[r][np.argsort(-sims[r, top[r]], kind="stable")]
+            nb = nb[np.isfinite(sims[r, nb])]
+            if len(nb) == 0:
+                continue
+            ranked = vote_shares([labels[j] for j in nb], sims[r, nb], temperature)
+            rows.append(
+                VoteRow(
+                    tuple(name for name, _ in ranked),
+                    np.array([p for _, p in ranked]),
+                    float(sims[r, nb[0]]),
+                    labels[qi],
+                )
+            )
+    return rows
+
+
+def _design(rows: Sequence[VoteRow]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and outcome of each row's top candidate (what the answer names)."""
+    if not rows:
+        return np.zeros((0, 3)), np.zeros(0)
+    feats = _features(
+        np.array([row.shares[0] for row in rows]), np.array([row.best_similarity for row in rows])
+    )
+    return feats, np.array([row.candidates[0] == row.truth for row in rows], dtype=np.float64)
+
+
+def fit_platt(x: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iters: int = 50) -> np.ndarray:
+    """Logistic regression by Newton's method (a small ridge keeps separable data finite)."""
+    w = np.zeros(x.shape[1])
+    reg = l2 * np.eye(x.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not penalised
+    for _ in range(iters):
+        p = _sigmoid(x @ w)
+        grad = x.T @ (p - y) / len(y) + reg @ w
+        hess = (x * (p * (1 - p))[:, None]).T @ x / len(y) + reg + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    w[0] = max(w[0], 0.0)  # more of the vote never means less likely
+    return w
+
+
+def top_predictions(
+    rows: Sequence[VoteRow], calibrator: VoteCalibrator | None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(confidence, correct, predicted species) of each row's top candidate; the raw share when
+    no calibrator is given."""
+    conf, correct, names = [], [], []
+    for row in rows:
+        p = (
+            row.shares
+            if calibrator is None
+            else calibrator.probability(row.shares, row.best_similarity)
+        )
+        conf.append(float(p[0]))
+        correct.append(row.candidates[0] == row.truth)
+        names.append(row.candidates[0])
+    return np.array(conf), np.array(correct, dtype=bool), names
+
+
+def expected_calibration_error(
+    confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS
+) -> float:
+    """ECE over equal-width confidence bins: the mean |accuracy - confidence|, bins weighted."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.size == 0:
+        return float("nan")
+    which = np.clip((conf * bins).astype(int), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(hit[mask].mean() - conf[mask].mean())
+    return float(total)
+
+
+def fit_calibrator(rows: Sequence[VoteRow]) -> VoteCalibrator:
+    """A calibrator fitted on held-out vote rows (each row's top candidate an example)."""
+    x, y = _design(rows)
+    cal = VoteCalibrator(fit_platt(x, y))
+    raw_conf, correct, _ = top_predictions(rows, None)
+    cal_conf, _, _ = top_predictions(rows, cal)
+    cal.report = {
+        "queries": len(rows),
+        "examples": len(y),
+        "top1_accuracy": float(correct.mean()) if len(rows) else None,
+        "ece_raw": expected_calibration_error(raw_conf, correct),
+        "ece_fitted": expected_calibration_error(cal_conf, correct),
+    }
+    return cal
+
+
+def fit_vote_calibration(
+    labels: Sequence[str],
+    vectors: np.ndarray,
+    *,
+    fingerprint: str,
+    key: str,
+    k: int = 10,
+    seed: int = 0,
+) -> VoteCalibrator | None:
+    """Leave-one-out over the photos (at most MAX_QUERIES queries) and a fitted calibrator;
+    None when there are too few photos to say anything."""
+    n = len(labels)
+    if n < MIN_QUERIES:
+        return None
+    queries = None
+    if n > MAX_QUERIES:
+        queries = np.sort(np.random.default_rng(seed).choice(n, MAX_QUERIES, replace=False))
+    rows = loo_vote_rows(vectors, labels, k=k, queries=queries)
+    if len(rows) < MIN_QUERIES:
+        return None
+    cal = fit_calibrator(rows)
+    cal.fingerprint, cal.key = fingerprint, key
+    cal.report["k"] = k
+    return cal

@@ -1,0 +1,150 @@
+"""Calibrated confidence and taxonomy-aware answers (issue 9), on synthetic clustered vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.answer import finish_answer
+from core.calibration import (
+    VoteCalibrator,
+    expected_calibration_error,
+    fit_calibrator,
+    fit_vote_calibration,
+    load_calibrator,
+    loo_vote_rows,
+    top_predictions,
+)
+from core.classify import vote
+
+
+def _clusters(
+    n_species: int = 300, per: int = 3, noise: float = 1.3, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
+    """Overlapping clusters: the raw vote share is near 1 far more often than it is right."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_species, 32))
+    x, labels = [], []
+    for c in range(n_species):
+        count = per if c % 3 else 1  # a third of the species have a single photo (open set)
+        for _ in range(count):
+            x.append(centres[c] + noise * rng.normal(size=32))
+            labels.append(f"Genus{c // 2} species{c}")
+    x = np.array(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), labels
+
+
+def test_calibration_makes_overconfident_shares_honest() -> None:
+    x, labels = _clusters()
+    rows = loo_vote_rows(x, labels, k=10)
+    raw_conf, correct, _ = top_predictions(rows, None)
+    assert raw_conf.mean() - correct.mean() > 0.15  # the raw share is overconfident
+    # Fit on every other query, measure on the rest (held-out).
+    cal = fit_calibrator(rows[::2])
+    conf, hit, _ = top_predictions(rows[1::2], cal)
+    raw_half, _, _ = top_predictions(rows[1::2], None)
+    assert expected_calibration_error(conf, hit) < expected_calibration_error(raw_half, hit) / 2
+    assert expected_calibration_error(conf, hit) < 0.1
+    assert conf.max() <= 0.99
+
+
+def test_calibrator_round_trip_and_staleness(tmp_path) -> None:
+    x, labels = _clusters()
+    cal = fit_vote_calibration(labels, x, fingerprint="m1", key="species:abc", k=10)
+    assert cal is not None and cal.report["ece_fitted"] <= cal.report["ece_raw"]
+    cal.save(tmp_path)
+    back = load_calibrator(tmp_path, fingerprint="m1", key="species:abc")
+    assert back is not None and np.allclose(back.coef, cal.coef)
+    assert load_calibrator(tmp_path, fingerprint="m2", key="species:abc") is None
+    assert load_calibrator(tmp_path, fingerprint="m1", key="species:other") is None
+    (tmp_path / "vote_calibration.json").write_text("{broken")
+    assert load_calibrator(tmp_path, fingerprint="m1", key="species:abc") is None
+
+
+def test_probabilities_never_reach_one_nor_sum_past_it() -> None:
+    cal = VoteCalibrator(np.array([5.0, 10.0, 0.0]))
+    p = cal.probability([0.999, 0.6, 0.4], 0.99)
+    assert p.max() <= 0.99 and p.sum() <= 0.99 + 1e-9
+
+
+def _split_vote(calibrator: VoteCalibrator | None = None) -> dict:
+    sims = np.array([0.9, 0.89, 0.88, 0.87])
+    return finish_answer(
+        vote(
+            ["Felis catus", "Felis silvestris", "Felis catus", "Felis silvestris"],
+            sims,
+            min_similarity=0.5,
+            min_confidence=0.6,
+        ),
+        calibrator=calibrator,
+        min_probability=0.7,
+        min_similarity=0.5,
+        raw_min_confidence=0.6,
+    )
+
+
+def test_genus_answer_when_congeneric_species_split_the_vote() -> None:
+    result = _split_vote()
+    assert result["species"] is None
+    assert result["rank"] == "genus" and result["taxon"] == "Felis"
+    assert result["likely_species"] == "Felis catus"
+    assert result["taxon_confidence"] >= 0.6
+    # With a calibrator the calibrated shares decide, with the same outcome here.
+    calibrated = _split_vote(VoteCalibrator(np.array([1.0, 2.0, 0.0])))
+    assert calibrated["calibrated"] and calibrated["species"] is None
+    assert calibrated["rank"] == "genus" and calibrated["taxon"] == "Felis"
+    assert calibrated["taxon_confidence"] <= 0.99
+
+
+def test_family_answer_and_open_set_gate() -> None:
+    species = ["Felis catus", "Lynx lynx", "Panthera leo"]
+    raw = vote(species, np.array([0.9, 0.9, 0.9]), min_similarity=0.5, min_confidence=0.6)
+    result = finish_answer(
+        raw, calibrator=None, min_probability=0.7, min_similarity=0.5, raw_min_confidence=0.6
+    )
+    assert result["rank"] == "family" and result["taxon"] == "Felidae"
+    # An outsider (no neighbour similar enough) gets no rank answer either.
+    far = vote(species, np.array([0.3, 0.3, 0.3]), min_similarity=0.5, min_confidence=0.6)
+    result = finish_answer(
+        far, calibrator=None, min_probability=0.7, min_similarity=0.5, raw_min_confidence=0.6
+    )
+    assert result["rank"] is None and result["taxon"] is None and result["species"] is None
+
+
+def test_species_answer_keeps_old_keys() -> None:
+    raw = vote(
+        ["Canis lupus"] * 3, np.array([0.9, 0.8, 0.7]), min_similarity=0.5, min_confidence=0.3
+    )
+    cal = VoteCalibrator(np.array([1.0, 3.0, 0.0]))
+    result = finish_answer(raw, calibrator=cal, min_probability=0.7, min_similarity=0.5)
+    assert {"species", "confidence", "probabilities", "source"} <= set(result)
+    assert result["species"] == "Canis lupus" and result["rank"] == "species"
+    assert result["confidence"] <= 0.99 and result["vote_share"] == 1.0
+
+
+def test_reindex_fits_the_calibration_and_the_engine_serves_it(tmp_path) -> None:
+    from PIL import Image, ImageOps
+
+    from core.calibration import CALIBRATION_FILE
+    from core.engine import Engine
+    from core.settings import load_settings
+    from tests.helpers import TinyEmbedder, make_collection
+
+    root = tmp_path / "photos"
+    make_collection(root, {"Aa_aa": 8, "Ab_bb": 8, "Cc_cc": 8})
+    settings = load_settings(
+        images_dir=root, index_dir=tmp_path / "idx", models_dir=tmp_path / "m", index_type="flat"
+    )
+    engine = Engine(settings, embedder=TinyEmbedder())
+    report = engine.reindex()
+    assert (tmp_path / "m" / CALIBRATION_FILE).exists()
+    assert report.head is not None and report.head["calibration"]["queries"] == 24
+    query = ImageOps.mirror(Image.open(sorted((root / "Cc_cc").glob("*.jpg"))[0]))
+    result = engine.classify(query)
+    assert result["calibrated"] is True and result["confidence"] <= 0.99
+    assert result["rank"] in {"species", "genus", "family", "order", None}
+    if result["species"] is not None:
+        assert result["rank"] == "species" and result["taxon"] == result["species"]
+    # A different label set makes it stale: it is not served.
+    make_collection(root, {"Dd_dd": 2})
+    engine.reindex(train="skip")
+    assert engine.classify(query)["calibrated"] is False

@@ -139,9 +139,7 @@ def demo_embeddings(work: Path) -> dict[str, Any]:
         "species": species,
         "info": {"fingerprint": info.fingerprint, "dim": info.dim, "model": info.model},
     }
-    np.savez(
-        cache, vectors=out["vectors"], species=np.array(species), info=json.dumps(out["info"])
-    )
+    np.savez(cache, vectors=out["vectors"], species=np.array(species), info=json.dumps(out["info"]))
     return out
 
 
@@ -314,7 +312,11 @@ def child_add(args) -> dict[str, Any]:
         vec = q[-1 - rep]
         before_io, before_disk = proc_io(), dir_bytes(store_dir)
         t = time.perf_counter()
-        store.upsert([f"added-{rep}"], vec[None, :], [{"path": f"Added/{rep}.jpg", "species": "Added x", "genus": "Added"}])
+        store.upsert(
+            [f"added-{rep}"],
+            vec[None, :],
+            [{"path": f"Added/{rep}.jpg", "species": "Added x", "genus": "Added"}],
+        )
         dt = time.perf_counter() - t
         after_io, after_disk = proc_io(), dir_bytes(store_dir)
         t = time.perf_counter()
@@ -358,7 +360,9 @@ def legacy(work: Path, n: int, demo: dict, sources: np.ndarray, queries: np.ndar
     dim = real.shape[1]
     matrix = np.empty((n, dim), np.float32)
     for start in range(0, n, CHUNK):
-        matrix[start : min(n, start + CHUNK)] = synth(real, sources, start, min(n, start + CHUNK), STORE_SEED)
+        matrix[start : min(n, start + CHUNK)] = synth(
+            real, sources, start, min(n, start + CHUNK), STORE_SEED
+        )
     rows = [
         {
             "id": i,
@@ -430,7 +434,9 @@ def legacy(work: Path, n: int, demo: dict, sources: np.ndarray, queries: np.ndar
 
 
 def recall_of(found, truth) -> float:
-    return float(np.mean([len(set(f) & set(t.tolist())) / max(1, len(t)) for f, t in zip(found, truth)]))
+    return float(
+        np.mean([len(set(f) & set(t.tolist())) / max(1, len(t)) for f, t in zip(found, truth)])
+    )
 
 
 def bench_size(work: Path, n: int, nq: int, log) -> dict[str, Any]:
@@ -448,7 +454,11 @@ def bench_size(work: Path, n: int, nq: int, log) -> dict[str, Any]:
 
     log(f"[{n}] build ...")
     t = time.perf_counter()
-    p = run_child(work, "build", ["--n", str(n), "--store", str(store_dir), "--result", str(work / "build.json")])
+    p = run_child(
+        work,
+        "build",
+        ["--n", str(n), "--store", str(store_dir), "--result", str(work / "build.json")],
+    )
     p.wait()
     res["build"] = child_result(work, "build")
     res["build"]["wall_s"] = time.perf_counter() - t
@@ -482,7 +492,21 @@ def bench_size(work: Path, n: int, nq: int, log) -> dict[str, Any]:
     for r in (ready1, ready2):
         r.unlink(missing_ok=True)
     spawn = time.time()
-    p1 = run_child(work, "serve", ["--store", str(store_dir), "--role", "first", "--ready", str(ready1), "--result", str(work / "serve1.json")], stdin=subprocess.PIPE)
+    p1 = run_child(
+        work,
+        "serve",
+        [
+            "--store",
+            str(store_dir),
+            "--role",
+            "first",
+            "--ready",
+            str(ready1),
+            "--result",
+            str(work / "serve1.json"),
+        ],
+        stdin=subprocess.PIPE,
+    )
     while not ready1.exists():
         if p1.poll() is not None:
             raise SystemExit("serving child failed")
@@ -490,7 +514,21 @@ def bench_size(work: Path, n: int, nq: int, log) -> dict[str, Any]:
     s1 = child_result(work, "serve1")
     s1["startup_s"] = s1["first_query_wall"] - spawn
     mem_before = meminfo()
-    p2 = run_child(work, "serve", ["--store", str(store_dir), "--role", "second", "--ready", str(ready2), "--result", str(work / "serve2.json")], stdin=subprocess.PIPE)
+    p2 = run_child(
+        work,
+        "serve",
+        [
+            "--store",
+            str(store_dir),
+            "--role",
+            "second",
+            "--ready",
+            str(ready2),
+            "--result",
+            str(work / "serve2.json"),
+        ],
+        stdin=subprocess.PIPE,
+    )
     while not ready2.exists():
         if p2.poll() is not None:
             raise SystemExit("second serving child failed")
@@ -572,17 +610,24 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             f"recall@10 {m.get('tuned_recall_at_10')}, train {m.get('train_s')} s, IVF total "
             f"{m.get('seconds')} s | |"
         )
-        L.append(
-            f"| build peak RSS (VmHWM of the build process) | {gb(b['vmhwm'])} (at its end: "
-            f"anonymous {gb(b.get('rss_anon', 0))}, file-backed mmap {gb(b.get('rss_file', 0))}) | |"
+        end = (
+            f" (at its end: anonymous {gb(b['rss_anon'])}, file-backed {gb(b['rss_file'])})"
+            if "rss_anon" in b
+            else ""
         )
-        files = ", ".join(f"{k.split('-')[0]} {gb(v)}" for k, v in sorted(b["files"].items()) if v > 1e6)
+        L.append(f"| build peak RSS (VmHWM of the build process) | {gb(b['vmhwm'])}{end} | |")
+        files = ", ".join(
+            f"{k.split('-')[0]} {gb(v)}" for k, v in sorted(b["files"].items()) if v > 1e6
+        )
         L.append(f"| disk | {gb(b['disk'])} ({files}) | |")
         L.append(
             f"| start-up: spawn -> store open + first query answered | {s1['startup_s']:.2f} s "
             f"(imports {s1['imports_s']:.2f} s, open + first query {s1['open_first_s']:.2f} s) | |"
         )
-        for name, s in (("search k=10, 1 query at a time", s1), ("same, second serving process", s2)):
+        for name, s in (
+            ("search k=10, 1 query at a time", s1),
+            ("same, second serving process", s2),
+        ):
             reps = " / ".join(f"{x['p50']:.2f}" for x in s["reps"])
             reps95 = " / ".join(f"{x['p95']:.2f}" for x in s["reps"])
             loads = " ; ".join(x["load"] for x in s["reps"])
@@ -644,15 +689,23 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             reps = " / ".join(f"{x['p50']:.2f}" for x in lg["reps"])
             reps95 = " / ".join(f"{x['p95']:.2f}" for x in lg["reps"])
             L.append("")
-            L.append(f"Side by side, the previous seed format (`core.seed_format`, flat_fp16) at {n:,}:")
+            L.append(
+                f"Side by side, the previous seed format (`core.seed_format`, flat_fp16) at {n:,}:"
+            )
             L.append("")
             L.append("| measure | previous (seed_format, flat_fp16) | store (FaissStore) |")
             L.append("|---|---|---|")
-            L.append(f"| build | index.add {lg['build_s']:.1f} s + save {lg['save_s']:.1f} s | {b['build_s']:.0f} s (incl. synthesis) |")
+            L.append(
+                f"| build | index.add {lg['build_s']:.1f} s + save {lg['save_s']:.1f} s | {b['build_s']:.0f} s (incl. synthesis) |"
+            )
             L.append(f"| on disk | {gb(lg['size'])} | {gb(b['disk'])} |")
-            L.append(f"| start-up | load {lg['load_s']:.2f} s (in process) | open + first query {s1['open_first_s']:.2f} s |")
+            L.append(
+                f"| start-up | load {lg['load_s']:.2f} s (in process) | open + first query {s1['open_first_s']:.2f} s |"
+            )
             s_reps = " / ".join(f"{x['p50']:.2f}" for x in s1["reps"])
-            L.append(f"| search p50 ms (rep1 / rep2) | {reps} (p95 {reps95}), recall@10 {lg['recall']:.3f} | {s_reps}, recall@10 {s1['recall']:.3f} |")
+            L.append(
+                f"| search p50 ms (rep1 / rep2) | {reps} (p95 {reps95}), recall@10 {lg['recall']:.3f} | {s_reps}, recall@10 {s1['recall']:.3f} |"
+            )
             a = add["reps"][0]
             L.append(
                 f"| add one photo | full save of N+1: {lg['add_s']:.1f} s, write_bytes "
@@ -679,26 +732,62 @@ def targets(r: dict) -> str:
 
     rec = s1["recall"]
     if n >= 1_000_000:
-        add_row("search p50 <= 5 ms", f"{np.mean(p50s):.2f} ms ({min(p50s):.2f}-{max(p50s):.2f})", verdict(max(p50s), 5, spread50))
-        add_row("search p95 <= 20 ms", f"{np.mean(p95s):.2f} ms ({min(p95s):.2f}-{max(p95s):.2f})", verdict(max(p95s), 20, spread95))
+        add_row(
+            "search p50 <= 5 ms",
+            f"{np.mean(p50s):.2f} ms ({min(p50s):.2f}-{max(p50s):.2f})",
+            verdict(max(p50s), 5, spread50),
+        )
+        add_row(
+            "search p95 <= 20 ms",
+            f"{np.mean(p95s):.2f} ms ({min(p95s):.2f}-{max(p95s):.2f})",
+            verdict(max(p95s), 20, spread95),
+        )
         add_row("recall@10 >= 0.95", f"{rec:.3f}", verdict(rec, 0.95, 0.01, True))
         fs = [x["p50"] for x in s1["find_similar"]["reps"]]
-        add_row("find_similar JPEG p50 <= 50 ms", f"{np.mean(fs):.1f} ms ({min(fs):.1f}-{max(fs):.1f})", verdict(max(fs), 50, max(fs) - min(fs)))
-        add_row("serving RSS <= 3 GB", gb(s1["rss"]) + f" (with engine {gb(s1['rss_engine'])})", verdict(s1["rss_engine"], 3 * 1024**3))
+        add_row(
+            "find_similar JPEG p50 <= 50 ms",
+            f"{np.mean(fs):.1f} ms ({min(fs):.1f}-{max(fs):.1f})",
+            verdict(max(fs), 50, max(fs) - min(fs)),
+        )
+        add_row(
+            "serving RSS <= 3 GB",
+            gb(s1["rss"]) + f" (with engine {gb(s1['rss_engine'])})",
+            verdict(s1["rss_engine"], 3 * 1024**3),
+        )
         add_row("start-up <= 5 s", f"{s1['startup_s']:.2f} s", verdict(s1["startup_s"], 5))
         extra = max(s2["smaps"]["USS"], r["second_mem_available_drop"])
-        add_row("second serving process adds <= 0.5 GB", f"USS {gb(s2['smaps']['USS'])}, MemAvailable drop {gb(r['second_mem_available_drop'])}", verdict(extra, 0.5 * 1024**3))
+        add_row(
+            "second serving process adds <= 0.5 GB",
+            f"USS {gb(s2['smaps']['USS'])}, MemAvailable drop {gb(r['second_mem_available_drop'])}",
+            verdict(extra, 0.5 * 1024**3),
+        )
         add_row("full build <= 10 min", f"{b['build_s'] / 60:.1f} min", verdict(b["build_s"], 600))
         add_row("build peak RSS <= 12 GB", gb(b["vmhwm"]), verdict(b["vmhwm"], 12 * 1024**3))
         worst = max(add["reps"], key=lambda a: a["upsert_s"])
-        add_row("add one photo <= 2 s", f"{worst['upsert_s'] * 1000:.0f} ms (worst of 2)", verdict(worst["upsert_s"], 2))
+        add_row(
+            "add one photo <= 2 s",
+            f"{worst['upsert_s'] * 1000:.0f} ms (worst of 2)",
+            verdict(worst["upsert_s"], 2),
+        )
         wb = max(max(a["write_bytes"], a["dir_growth"]) for a in add["reps"])
         add_row("add one photo <= 50 MB written", f"{wb / 1024:.0f} KiB", verdict(wb, 50 * 1024**2))
         for name, fr in s1["filtered"].items():
-            add_row(f"filtered ({name} species): exactly k", "yes" if fr["exact_k"] else "no", "PASS" if fr["exact_k"] else "MISS")
-            add_row(f"filtered ({name} species): recall@10 >= 0.99", f"{fr['recall']:.3f}", verdict(fr["recall"], 0.99, 0.005, True))
+            add_row(
+                f"filtered ({name} species): exactly k",
+                "yes" if fr["exact_k"] else "no",
+                "PASS" if fr["exact_k"] else "MISS",
+            )
+            add_row(
+                f"filtered ({name} species): recall@10 >= 0.99",
+                f"{fr['recall']:.3f}",
+                verdict(fr["recall"], 0.99, 0.005, True),
+            )
     else:
-        add_row("search p50 <= 2 ms", f"{np.mean(p50s):.2f} ms ({min(p50s):.2f}-{max(p50s):.2f})", verdict(max(p50s), 2, spread50))
+        add_row(
+            "search p50 <= 2 ms",
+            f"{np.mean(p50s):.2f} ms ({min(p50s):.2f}-{max(p50s):.2f})",
+            verdict(max(p50s), 2, spread50),
+        )
         add_row("recall@10 >= 0.95", f"{rec:.3f}", verdict(rec, 0.95, 0.01, True))
     return "\n".join(rows)
 
@@ -732,7 +821,14 @@ def main() -> None:
     log = lambda m: print(f"{datetime.now().strftime('%H:%M:%S')} load {loadavg()} {m}", flush=True)  # noqa: E731
     log("demo embeddings ...")
     demo_embeddings(work)
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
+    cpu = next(
+        (
+            l.split(":", 1)[1].strip()
+            for l in Path("/proc/cpuinfo").read_text().splitlines()
+            if l.startswith("model name")
+        ),
+        "?",
+    )
     import faiss
 
     machine = f"{cpu}, {os.cpu_count()} cores, {gb(meminfo('MemTotal'))} RAM, faiss {faiss.__version__}, numpy {np.__version__}"

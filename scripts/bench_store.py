@@ -231,7 +231,7 @@ def child_serve(args) -> dict[str, Any]:
     reps, found = [], []
     for rep in range(2):
         times = []
-        for i, q in enumerate(queries):
+        for q in queries:
             t = time.perf_counter()
             hits = store.search(q, K)[0]
             times.append(time.perf_counter() - t)
@@ -270,7 +270,7 @@ def child_serve(args) -> dict[str, Any]:
     for _ in range(5):
         res = engine.find_similar(image, K)
     fs = []
-    for rep in range(2):
+    for _rep in range(2):
         times = []
         for _ in range(50):
             t = time.perf_counter()
@@ -402,7 +402,9 @@ def legacy(work: Path, n: int, demo: dict, sources: np.ndarray, queries: np.ndar
             if rep == 0:
                 found.append(top.tolist())
         reps.append({"p50": pct(times, 50), "p95": pct(times, 95), "load": loadavg()})
-    recall = float(np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth)]))
+    recall = float(
+        np.mean([len(set(f) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)])
+    )
     # add one photo = rewrite the whole generation with N+1 rows
     extra = queries[-1][None, :]
     matrix2 = np.concatenate([matrix, extra])
@@ -435,7 +437,12 @@ def legacy(work: Path, n: int, demo: dict, sources: np.ndarray, queries: np.ndar
 
 def recall_of(found, truth) -> float:
     return float(
-        np.mean([len(set(f) & set(t.tolist())) / max(1, len(t)) for f, t in zip(found, truth)])
+        np.mean(
+            [
+                len(set(f) & set(t.tolist())) / max(1, len(t))
+                for f, t in zip(found, truth, strict=True)
+            ]
+        )
     )
 
 
@@ -615,7 +622,8 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             if "rss_anon" in b
             else ""
         )
-        L.append(f"| build peak RSS (VmHWM of the build process) | {gb(b['vmhwm'])}{end} | |")
+        peak = gb(b["vmhwm"])
+        L.append(f"| build peak RSS (VmHWM of the build process) | {peak}{end} | |")
         files = ", ".join(
             f"{k.split('-')[0]} {gb(v)}" for k, v in sorted(b["files"].items()) if v > 1e6
         )
@@ -696,15 +704,18 @@ def report(results: list[dict], cmd: str, machine: str) -> str:
             L.append("| measure | previous (seed_format, flat_fp16) | store (FaissStore) |")
             L.append("|---|---|---|")
             L.append(
-                f"| build | index.add {lg['build_s']:.1f} s + save {lg['save_s']:.1f} s | {b['build_s']:.0f} s (incl. synthesis) |"
+                f"| build | index.add {lg['build_s']:.1f} s + save {lg['save_s']:.1f} s | "
+                f"{b['build_s']:.0f} s (incl. synthesis) |"
             )
             L.append(f"| on disk | {gb(lg['size'])} | {gb(b['disk'])} |")
             L.append(
-                f"| start-up | load {lg['load_s']:.2f} s (in process) | open + first query {s1['open_first_s']:.2f} s |"
+                f"| start-up | load {lg['load_s']:.2f} s (in process) | open + first query "
+                f"{s1['open_first_s']:.2f} s |"
             )
             s_reps = " / ".join(f"{x['p50']:.2f}" for x in s1["reps"])
             L.append(
-                f"| search p50 ms (rep1 / rep2) | {reps} (p95 {reps95}), recall@10 {lg['recall']:.3f} | {s_reps}, recall@10 {s1['recall']:.3f} |"
+                f"| search p50 ms (rep1 / rep2) | {reps} (p95 {reps95}), recall@10 "
+                f"{lg['recall']:.3f} | {s_reps}, recall@10 {s1['recall']:.3f} |"
             )
             a = add["reps"][0]
             L.append(
@@ -823,15 +834,18 @@ def main() -> None:
     demo_embeddings(work)
     cpu = next(
         (
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         ),
         "?",
     )
     import faiss
 
-    machine = f"{cpu}, {os.cpu_count()} cores, {gb(meminfo('MemTotal'))} RAM, faiss {faiss.__version__}, numpy {np.__version__}"
+    machine = (
+        f"{cpu}, {os.cpu_count()} cores, {gb(meminfo('MemTotal'))} RAM, "
+        f"faiss {faiss.__version__}, numpy {np.__version__}"
+    )
     results = []
     for n in args.sizes:
         if args.report_only:

@@ -65,6 +65,7 @@ class Engine:
         self._head: tuple[str, SpeciesHead | None] | None = None
         self._calibrator: tuple[str, VoteCalibrator | None] | None = None
         self._species: tuple[str, dict[str, int]] | None = None
+        self._count: tuple[str, int] | None = None
         self._head_thread: threading.Thread | None = None
 
     # --- life-cycle ------------------------------------------------------------------------------
@@ -142,8 +143,12 @@ class Engine:
         return self.embed_query(image)[0]
 
     def _served_nonempty(self) -> VectorStore:
-        store, _ = self._checked_store()
-        if store.count() == 0:
+        store, generation = self._checked_store()
+        cached = self._count
+        if cached is None or cached[0] != generation:
+            cached = (generation, store.count())  # COUNT(*) once per generation, not per query
+            self._count = cached
+        if cached[1] == 0:
             raise IndexMissingError(
                 "The index is empty: the collection has no readable photos yet. "
                 "Add photos and run `kontrol index`."

@@ -159,7 +159,8 @@ async def _run_engine(
         return classification, hits
     if mode == "classify":
         return await asyncio.to_thread(engine.classify, image), None
-    return None, await asyncio.to_thread(engine.find_similar, image, top_k, species)
+    where = await asyncio.to_thread(engine.resolve_taxon, species) if species else None
+    return None, await asyncio.to_thread(engine.find_similar, image, top_k, None, where)
 
 
 async def _send_hits(

@@ -179,6 +179,31 @@ class Engine:
             f"The collection has no species {name!r}.{hint}", suggestions=suggestions
         )
 
+    def resolve_taxon(self, name: str) -> dict[str, str]:
+        """A name typed by a user -> the filter for it: a species of the collection first, else a
+        genus, family, order or class (`/similar Felidae`). Unknown: `UnknownSpeciesError` with
+        the closest names of any rank."""
+        import difflib
+
+        try:
+            return {"species": self.resolve_species(name)}
+        except UnknownSpeciesError as exc:
+            species_error = exc
+        store, _ = self._checked_store()
+        key = normalize_species(name)
+        everything: dict[str, str] = {}
+        for rank in ("genus", "family", "order", "class"):
+            values = {normalize_species(v): v for v in store.values(rank)}
+            if key in values:
+                return {rank: values[key]}
+            everything.update(values)
+        close = difflib.get_close_matches(key, list(everything), n=3, cutoff=0.75)
+        suggestions = species_error.suggestions + [everything[c] for c in close]
+        hint = f" Did you mean: {', '.join(suggestions[:3])}?" if suggestions else ""
+        raise UnknownSpeciesError(
+            f"The collection has no species or group {name!r}.{hint}", suggestions=suggestions[:3]
+        )
+
     def _where(self, species: str | None, where: Where | None) -> Where | None:
         merged = dict(where or {})
         if species:

@@ -222,6 +222,15 @@ async def test_similar_as_caption_reply_and_species_filter(bot: Bot, world: Worl
     assert not [c for c in tg.calls("sendMessage") if answers(sent)(c)]
 
 
+async def test_similar_takes_a_family_name(bot: Bot, world: World) -> None:
+    """/similar Canidae: any rank of the lineage, not only a species."""
+    photo = collection_photo(world, "Felis_catus").read_bytes()
+    sent = bot.tg.send_user_message(USER, photo=photo, caption="/similar canidae")
+    album = await reply_to(bot.tg, sent, "sendMediaGroup")
+    captions = media_captions(album)
+    assert captions and all(("Canis lupus" in c) or ("Vulpes vulpes" in c) for c in captions)
+
+
 async def test_similar_unknown_species_suggests(bot: Bot, world: World) -> None:
     photo = collection_photo(world).read_bytes()
     sent = bot.tg.send_user_message(USER, photo=photo, caption="/similar Canis lupis")

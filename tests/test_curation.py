@@ -40,7 +40,7 @@ def test_clean_species_name() -> None:
 def test_add_indexes_one_photo_without_a_scan(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("core.indexer.scan_collection", _no_scan)
+    monkeypatch.setattr("core.indexer.scan_collection_report", _no_scan)
     root = Path(engine.settings.images_dir)
     embedded_before = engine.embedder.embedded
     image = make_image(4321)

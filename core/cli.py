@@ -246,7 +246,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.head import train_head_cli
+    from core.head_fit import train_head_cli
 
     return train_head_cli(args, _settings(args))
 

@@ -31,7 +31,8 @@ from core.errors import (
     KontrolError,
     UnknownSpeciesError,
 )
-from core.head import SpeciesHead, head_classification, load_head
+from core.head import SpeciesHead, load_head
+from core.head_policy import head_classification
 from core.imageio import load_image
 from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index

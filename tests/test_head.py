@@ -11,16 +11,14 @@ import pytest
 
 from core.engine import Engine
 from core.errors import IndexMismatchError, IndexMissingError
-from core.head import (
-    HEAD_FILE,
-    HeadTrainingError,
+from core.head import HEAD_FILE, HeadTrainingError, load_head
+from core.head_fit import (
     expected_calibration_error,
-    head_classification,
-    load_head,
     train_head,
     train_head_cli,
+    train_head_from_store,
 )
-from core.head_fit import train_head_from_store
+from core.head_policy import head_classification
 from core.seed_format import IndexData
 from core.settings import Settings
 from core.vectorstore import StoreInfo

@@ -354,7 +354,8 @@ def decode_cost(
     else:
         alpha = alpha or mode in ("LA", "La", "RGBA", "RGBa", "PA")
         per_pixel = _FULL_SIZE_WORK.get(mode, 9 if alpha else 4)
-        work = pixels * (per_pixel + (4 if rotated else 0))
+        # Turning an RGB image upright replaces its copy; other modes rotate their RGB result.
+        work = pixels * (per_pixel + (4 if rotated and mode != "RGB" else 0))
     return pixels * stored + max(decoder_extra, work) + _SLACK
 
 
@@ -379,10 +380,10 @@ def _decoder_extra(im: Image.Image, full_pixels: int) -> int:
         sampling = [h * v for _, h, v, _ in layers] if layers else []
         share = sum(sampling) / max(sampling) if sampling else len(im.getbands())
         return int(full_pixels * 2 * share)
-    if im.format == "WEBP":  # libwebp's RGBA canvas(es) and the copy handed to Pillow
-        return pixels * 12
-    if im.format == "HEIF":  # libheif's buffer, 16 bits per sample for HDR photos
-        return pixels * (10 if int(im.info.get("bit_depth") or 8) > 8 else 5)
+    if im.format == "WEBP":  # libwebp's RGBA frame and canvases, and the copy handed to Pillow
+        return pixels * 16
+    if im.format == "HEIF":  # libheif's buffer (16-bit samples for HDR) and HEVC decoder state
+        return pixels * (10 if int(im.info.get("bit_depth") or 8) > 8 else 5) + 8 * 1024 * 1024
     return 0
 
 

@@ -336,3 +336,21 @@ def test_heic_from_an_iphone_is_read(tmp_path: Path) -> None:
         left, right = out.getpixel((10, 32)), out.getpixel((86, 32))
         assert all(abs(a - b) <= 24 for a, b in zip(left, RED, strict=True)), left
         assert all(abs(a - b) <= 24 for a, b in zip(right, BLUE, strict=True)), right
+
+
+# --- the estimates against real memory (slow: one fresh process per mode and format) ---------
+
+
+@pytest.mark.slow
+def test_decode_cost_never_underestimates_a_measured_peak() -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_upload_memory.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--calibrate", "--calibrate-side", "2400"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

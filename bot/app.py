@@ -30,10 +30,10 @@ from bot.names import CommonNames
 from bot.reindex import ReindexRunner
 from bot.request import BASE_DELAY, RetryingRequest
 from bot.services import KEY, Services
+from bot.settings import BotSettings
 from bot.state import BotState
 from bot.thumbs import ThumbnailCache
 from core.errors import ConfigError
-from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -54,7 +54,7 @@ NO_TOKEN = (
 )
 
 
-def bot_token(settings: Settings) -> str:
+def bot_token(settings: BotSettings) -> str:
     """The configured token, or a `ConfigError` saying how to get one."""
     token = settings.bot_token.get_secret_value().strip() if settings.bot_token else ""
     if not token:
@@ -62,7 +62,7 @@ def bot_token(settings: Settings) -> str:
     return token
 
 
-def check_settings(settings: Settings) -> str:
+def check_settings(settings: BotSettings) -> str:
     """Fail early, with a readable message, on settings the chosen mode cannot run with."""
     token = bot_token(settings)
     if settings.bot_mode == "webhook":
@@ -131,7 +131,7 @@ async def _post_init(app: Application) -> None:
 
 
 def build_application(
-    settings: Settings,
+    settings: BotSettings,
     engine: Engine,
     *,
     progress_interval: float = 2.5,
@@ -177,7 +177,7 @@ def build_application(
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _configure_logging(settings: Settings) -> None:
+def _configure_logging(settings: BotSettings) -> None:
     """Apply KONTROL_LOG_LEVEL to the root logger, adding a handler only if there is none.
 
     The `kontrol` CLI configures logging before any settings are read (WARNING, or DEBUG with
@@ -192,7 +192,7 @@ def _configure_logging(settings: Settings) -> None:
     quiet_http_loggers()
 
 
-def run_bot(settings: Settings, engine: Engine | None = None) -> None:
+def run_bot(settings: BotSettings, engine: Engine | None = None) -> None:
     """Serve the bot until interrupted (blocking); `ConfigError` on unusable settings.
 
     `engine` lets a caller that already loaded one (e.g. `kontrol run`) share it.
@@ -226,7 +226,7 @@ def run_bot(settings: Settings, engine: Engine | None = None) -> None:
         ) from None
 
 
-def _serve(app: Application, settings: Settings) -> None:
+def _serve(app: Application, settings: BotSettings) -> None:
     """Block serving updates by webhook or long polling.
 
     python-telegram-bot closes the current event loop when it stops, so each run gets a new one.
@@ -242,7 +242,7 @@ def _serve(app: Application, settings: Settings) -> None:
         app.run_polling(allowed_updates=Update.ALL_TYPES)
 
 
-def webhook_options(settings: Settings) -> dict[str, Any]:
+def webhook_options(settings: BotSettings) -> dict[str, Any]:
     """Arguments for python-telegram-bot's webhook server: where to listen, the public URL
     Telegram posts to (its path is served locally too) and the secret Telegram must send back."""
     secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None

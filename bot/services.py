@@ -11,9 +11,9 @@ from bot.fairshare import FairShare
 from bot.file_ids import FileIdStore
 from bot.names import CommonNames
 from bot.reindex import ReindexRunner
+from bot.settings import BotSettings
 from bot.state import BotState
 from bot.thumbs import ThumbnailCache
-from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -23,7 +23,7 @@ KEY = "kontrol.services"
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: BotSettings
     engine: Engine
     thumbs: ThumbnailCache
     file_ids: FileIdStore

@@ -20,7 +20,7 @@ from core.settings import Settings, load_settings
 log = logging.getLogger("kontrol")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, cls: type[Settings] = Settings) -> Settings:
     overrides: dict[str, Any] = {}
     for arg, field in (
         ("images", "images_dir"),
@@ -31,7 +31,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field] = value
-    return load_settings(**overrides)
+    return load_settings(cls, **overrides)
 
 
 def _engine(settings: Settings):

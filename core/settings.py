@@ -6,14 +6,13 @@ message naming the variable, never deep inside the engine.
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.errors import ConfigError
 
@@ -21,7 +20,8 @@ ModelName = Literal["efficientnet_lite0", "efficientnet_lite2", "efficientnet_v2
 
 
 class Settings(BaseSettings):
-    """kontrol settings; every field maps to `KONTROL_<FIELD_NAME>`."""
+    """The engine's settings; every field maps to `KONTROL_<FIELD_NAME>`. The bot's own settings
+    (token, admins, webhook) extend these in `bot.settings`, so the engine never sees them."""
 
     model_config = SettingsConfigDict(
         env_prefix="KONTROL_",
@@ -180,32 +180,6 @@ class Settings(BaseSettings):
         ),
     )
 
-    # --- Telegram bot --------------------------------------------------------------------------
-    bot_token: SecretStr | None = Field(None, description="Telegram bot token from @BotFather.")
-    admin_ids: Annotated[list[int], NoDecode] = Field(
-        default_factory=list,
-        description="Telegram user ids allowed to run /reindex: a JSON list `[1, 2]` or `1,2`.",
-    )
-    telegram_api_url: str = Field(
-        "https://api.telegram.org/bot",
-        description="Bot API base URL (python-telegram-bot base_url).",
-    )
-    telegram_file_url: str = Field(
-        "https://api.telegram.org/file/bot",
-        description="Bot API file base URL (python-telegram-bot base_file_url).",
-    )
-    bot_mode: Literal["polling", "webhook"] = Field("polling", description="How updates arrive.")
-    webhook_url: str | None = Field(None, description="Public HTTPS URL Telegram posts updates to.")
-    webhook_secret: SecretStr | None = Field(
-        None,
-        description="Secret token Telegram sends with each webhook call (required for webhook).",
-    )
-    webhook_listen: str = Field("0.0.0.0", description="Address the webhook server binds.")
-    webhook_port: int = Field(8443, ge=1, le=65535, description="Port the webhook server binds.")
-    bot_state_dir: Path = Field(
-        Path("embeddings/bot_state"),
-        description="Bot state (Telegram file_id cache, album thumbnails).",
-    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
 
     @field_validator("index_type", mode="before")
@@ -214,35 +188,24 @@ class Settings(BaseSettings):
         """flat_fp16 / hnsw (earlier versions) are served by the size-following `auto`."""
         return "auto" if value in ("flat_fp16", "hnsw") else value
 
-    @field_validator("bot_token", "webhook_secret", "store_api_key", mode="before")
+    @field_validator("store_api_key", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
-        """`KONTROL_BOT_TOKEN=` (e.g. from .env.example) means no token, not an empty one."""
+        """`KONTROL_STORE_API_KEY=` (e.g. from .env.example) means no key, not an empty one."""
         if isinstance(value, str) and not value.strip():
             return None
         return value
 
-    @field_validator("admin_ids", mode="before")
-    @classmethod
-    def _parse_admin_ids(cls, value: object) -> object:
-        """Accept the JSON list form `[123, 456]` as well as `123,456`."""
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            try:
-                return json.loads(text)
-            except ValueError:
-                raise ValueError("expected a JSON list of user ids, e.g. [123, 456]") from None
-        return [part for part in re.split(r"[,\s]+", text) if part]
+
+S = TypeVar("S", bound="Settings")
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Build settings from env/.env plus overrides; a bad value raises `ConfigError`, not a trace."""
+def load_settings(_cls: type[S] | None = None, **overrides: object) -> S:
+    """Build settings (of `_cls`, default the engine's) from env/.env plus overrides; a bad value
+    raises `ConfigError`, not a trace."""
+    cls = _cls or Settings
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type,return-value]
     except SettingsError as exc:
         field = re.search(r'field "(\w+)"', str(exc))
         name = f"KONTROL_{field.group(1).upper()}" if field else "a KONTROL_* variable"

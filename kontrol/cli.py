@@ -10,12 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.cli import _settings as settings_from_args
-from core.cli import format_classification, format_hits
+from core.cli import _settings, format_classification, format_hits
 from core.cli import main as core_main
 from core.settings import Settings
 
 DEFAULT_DEMO_DIR = Path("data/demo")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Engine settings for the tools; `bot_settings_from_args` for the bot's commands."""
+    return _settings(args)
+
+
+def bot_settings_from_args(args: argparse.Namespace):
+    from bot.settings import BotSettings
+
+    return _settings(args, BotSettings)
 
 
 def Engine(settings: Settings):
@@ -35,13 +45,13 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_bot(args: argparse.Namespace) -> int:
     from bot.app import run_bot
 
-    run_bot(settings_from_args(args))
+    run_bot(bot_settings_from_args(args))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The README's main job: collection -> index -> bot (or a demo answer without a token)."""
-    settings = settings_from_args(args)
+    settings = bot_settings_from_args(args)
     if not Path(settings.images_dir).exists() and Path(settings.images_dir) == DEFAULT_DEMO_DIR:
         from kontrol.demo.demo_data import build_demo_collection
 

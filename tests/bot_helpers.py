@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from telegram import Update
 from telegram.ext import Application, ContextTypes, TypeHandler
 
+from bot.settings import BotSettings
 from core.settings import Settings
 from tests.fake_telegram import TOKEN, Call, FakeTelegram
 
@@ -22,8 +23,9 @@ ADMIN = 777
 USER = 1001
 
 
-def bot_settings(base: Settings, tg: FakeTelegram, state_dir: Path, **extra: Any) -> Settings:
-    """`base` pointed at the fake server, with its own bot state directory."""
+def bot_settings(base: Settings, tg: FakeTelegram, state_dir: Path, **extra: Any) -> BotSettings:
+    """`base` (engine or bot settings) as bot settings pointed at the fake server, with its own
+    bot state directory."""
     update: dict[str, Any] = {
         "bot_token": SecretStr(TOKEN),
         "telegram_api_url": tg.base_url,
@@ -32,6 +34,8 @@ def bot_settings(base: Settings, tg: FakeTelegram, state_dir: Path, **extra: Any
         "admin_ids": [ADMIN],
         **extra,
     }
+    if not isinstance(base, BotSettings):
+        base = BotSettings.model_construct(**{**BotSettings().model_dump(), **base.model_dump()})
     return base.model_copy(update=update)
 
 

@@ -19,7 +19,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("KONTROL_"):
             monkeypatch.delenv(key)
+    from bot.settings import BotSettings
+
     monkeypatch.setitem(Settings.model_config, "env_file", None)
+    monkeypatch.setitem(BotSettings.model_config, "env_file", None)
     get_settings.cache_clear()
 
 

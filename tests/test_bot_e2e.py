@@ -23,8 +23,9 @@ import pytest
 from PIL import Image
 
 from bot.app import build_application
+from bot.settings import BotSettings as Settings
+from bot.settings import load_settings
 from core.engine import Engine
-from core.settings import Settings, load_settings
 from tests.bot_helpers import (
     ADMIN,
     USER,

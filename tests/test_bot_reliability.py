@@ -16,7 +16,7 @@ from telegram.error import BadRequest, NetworkError, RetryAfter
 
 from bot.app import build_application
 from bot.request import RetryingRequest, backoff
-from core.settings import load_settings
+from bot.settings import load_settings
 from tests.bot_helpers import USER, Handled, bot_settings, running
 from tests.fake_telegram import DROPPED, TOKEN, FakeTelegram, _parse_html, _utf16_len
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bot.app import run_bot
+from bot.settings import load_settings
 from core.engine import Engine
 from core.errors import ConfigError
-from core.settings import load_settings
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import TinyEmbedder
 

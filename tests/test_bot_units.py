@@ -20,9 +20,9 @@ from bot.formatting import album_caption, classification_text, percent
 from bot.logsafe import REDACTED, protect_secret
 from bot.paging import fit_html, plain_length, split_html
 from bot.photo import CAPTION_COMMAND
+from bot.settings import load_settings
 from bot.thumbs import PhotoKey, ThumbnailCache, render_jpeg
 from core.errors import ConfigError
-from core.settings import load_settings
 from tests.fake_telegram import _parse_html, _utf16_len
 
 

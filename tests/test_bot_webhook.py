@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 
 from bot.app import build_application, webhook_options
+from bot.settings import load_settings
 from core.engine import Engine
-from core.settings import load_settings
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import TinyEmbedder
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import BotSettings as Settings
+from bot.settings import load_settings
 from core.errors import ConfigError
-from core.settings import Settings, load_settings
 
 
 def test_env_prefix_and_json_lists(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,3 +72,13 @@ def test_admin_ids_accept_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_blank_token_means_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KONTROL_BOT_TOKEN", "  ")
     assert load_settings().bot_token is None
+
+
+def test_engine_settings_hold_no_bot_secret() -> None:
+    """The seam: the engine's settings have no token, admin or webhook field."""
+    from bot.settings import BotSettings
+    from core.settings import Settings as EngineSettings
+
+    engine_fields = set(EngineSettings.model_fields)
+    assert not engine_fields & {"bot_token", "admin_ids", "webhook_secret", "bot_state_dir"}
+    assert {"bot_token", "admin_ids"} <= set(BotSettings.model_fields)

@@ -34,7 +34,7 @@ RANKS = ("species", "genus", "family", "order", "class")
 #: Defaults, chosen on the demo collection (see BENCHMARKS.md, "Collection insight").
 DUP_THRESHOLD = 0.82
 NEIGHBOURS = 10
-SUSPICIOUS_MIN_SCORE = 0.5
+SUSPICIOUS_MIN_SCORE = 0.4
 MIN_SUPPORT = 2
 SPLIT_THRESHOLD = 0.2
 SPLIT_SAMPLE = 200
@@ -385,6 +385,30 @@ def _cluster_summaries(
     return out
 
 
+def average_linkage(sims: np.ndarray, threshold: float) -> list[list[int]]:
+    """Agglomerative clustering (UPGMA) of a small similarity matrix: merge the two groups with the
+    highest mean pairwise similarity while it is at least `threshold`. Groups, largest first."""
+    m = len(sims)
+    avg = np.array(sims, dtype=np.float64)
+    np.fill_diagonal(avg, -np.inf)
+    sizes = np.ones(m)
+    members: dict[int, list[int]] = {i: [i] for i in range(m)}
+    alive = np.ones(m, dtype=bool)
+    while alive.sum() > 1:
+        flat = int(np.argmax(avg))
+        a, b = divmod(flat, m)
+        if avg[a, b] < threshold:
+            break
+        merged = (sizes[a] * avg[a] + sizes[b] * avg[b]) / (sizes[a] + sizes[b])
+        avg[a], avg[:, a] = merged, merged
+        avg[a, a] = -np.inf
+        avg[b], avg[:, b] = -np.inf, -np.inf
+        sizes[a] += sizes[b]
+        members[a].extend(members.pop(b))
+        alive[b] = False
+    return sorted((sorted(g) for g in members.values()), key=lambda g: (-len(g), g[0]))
+
+
 def split_species(
     store: VectorStore,
     ids: list[str],
@@ -392,8 +416,9 @@ def split_species(
     assignment: np.ndarray,
     opt: Options,
 ) -> list[dict[str, Any]]:
-    """Species whose photos form groups with no link above `split_threshold` (single linkage on
-    at most `split_sample` photos per species, fetched by id)."""
+    """Species whose photos form groups whose mean similarity to each other is below
+    `split_threshold` (average linkage on at most `split_sample` photos per species, fetched by
+    id)."""
     by_species: dict[str, list[int]] = defaultdict(list)
     for i, p in enumerate(payloads):
         if p.get("species") is not None:
@@ -413,26 +438,21 @@ def split_species(
         rows = [i for i in rows if ids[i] in found]
         vecs = np.asarray(batch.vectors, dtype=np.float32)
         sims = vecs @ vecs.T
-        uf = UnionFind(len(vecs))
-        a, b = np.nonzero(np.triu(sims >= opt.split_threshold, 1))
-        for x, y in zip(a.tolist(), b.tolist(), strict=True):
-            uf.union(x, y)
-        parts: dict[int, list[int]] = defaultdict(list)
-        for x in range(len(vecs)):
-            parts[uf.find(x)].append(x)
-        if len(parts) < 2:
+        comps = average_linkage(sims, opt.split_threshold)
+        if len(comps) < 2:
             continue
-        comps = sorted(parts.values(), key=lambda g: (-len(g), g[0]))
         labels = np.zeros(len(vecs), dtype=np.int64)
         for ci, comp in enumerate(comps):
             labels[comp] = ci
         cross = sims[labels[:, None] != labels[None, :]]
+        mean_cross = float(cross.mean()) if cross.size else None
         out.append(
             {
                 "species": species,
                 "photos": len(by_species[species]),
                 "sampled": len(vecs),
                 "groups": len(comps),
+                "mean_cross_similarity": None if mean_cross is None else round(mean_cross, 4),
                 "max_cross_similarity": round(float(cross.max()), 4) if cross.size else None,
                 "parts": [
                     {
@@ -444,5 +464,5 @@ def split_species(
                 ],
             }
         )
-    out.sort(key=lambda s: (s["max_cross_similarity"] or 0.0, s["species"]))
+    out.sort(key=lambda s: (s["mean_cross_similarity"] or 0.0, s["species"]))
     return out

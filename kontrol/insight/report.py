@@ -166,8 +166,8 @@ def write_report(insight: Insight, root: Path, out: Path, max_sheets: int = 100)
             for m in part["members"][: max(1, MAX_TILES // len(sp["parts"]))]:
                 tiles.append(_tile(root, m, f"group {pi + 1}", palette[pi % len(palette)]))
         title = (
-            f"{sp['species']}: {sp['groups']} groups, best cross-group similarity "
-            f"{sp['max_cross_similarity']}"
+            f"{sp['species']}: {sp['groups']} groups, mean similarity between groups "
+            f"{sp['mean_cross_similarity']} (best pair {sp['max_cross_similarity']})"
         )
         png = contact_sheet(sheets / f"split_{n:04d}.png", title, tiles)
         parts.append(f"<h3>{html.escape(title)}</h3><img src='sheets/{png.name}' alt='split'>")

@@ -135,6 +135,7 @@ def _register_insight(sub: Any, common: Callable[..., None]) -> None:
     p.add_argument("--adopt", action="store_true", help="adopt it if the gain's CI is above 0")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--augment", type=int, default=2, help="augmented copies embedded per photo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the evaluation report as JSON here")

@@ -11,7 +11,7 @@ quality: copies of the demo collection in --work, each indexed with the product'
     share of groups mixing two source photos, at several similarity thresholds.
 scale: N vectors synthesised from the real demo embeddings (a random real vector plus Gaussian
   noise, clipped at 0 and re-normalised), written to a FaissStore (IVF tier built as in
-  production), then `analyse` timed with its peak RSS (ru_maxrss) and peak traced Python memory.
+  production), then `analyse` timed in a fresh process with its peak RSS (ru_maxrss).
 
 Nothing is written outside --work; the model cache goes to <work>/models.
 """
@@ -25,9 +25,9 @@ import os
 import random
 import resource
 import shutil
+import subprocess
 import sys
 import time
-import tracemalloc
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -244,50 +244,87 @@ def scale(work: Path, n: int, k: int | None) -> dict[str, Any]:
     real = np.asarray(batch.vectors, np.float32)
     vectors, sources = synthesize(real, n)
     directory = work / "index" / f"synthetic-{n}"
+    build_s = None
+    reuse = False
     if directory.exists():
-        shutil.rmtree(directory)
-    t0 = time.perf_counter()
-    store = FaissStore(directory, tuning=Tuning(mode="auto"))
-    store.initialise(info)
-    with store.writer():
-        for start in range(0, len(vectors), 20_000):
-            stop = min(len(vectors), start + 20_000)
-            ids = [str(uuid.UUID(int=int(i) + 1, version=4)) for i in range(start, stop)]
-            payloads = []
-            for i in range(start, stop):
-                p = dict(batch.payloads[int(sources[i])])
-                p["path"] = f"{p['path'].split('/', 1)[0]}/{ids[i - start]}.jpg"
-                payloads.append(p)
-            store.upsert(ids, vectors[start:stop], payloads)
-        maintenance = store.maintain(force=True)
-    build_s = time.perf_counter() - t0
-    store.close()
+        with FaissStore(directory, read_only=True) as existing:
+            reuse = existing.count() == len(vectors)
+    if not reuse:
+        if directory.exists():
+            shutil.rmtree(directory)
+        t0 = time.perf_counter()
+        store = FaissStore(directory, tuning=Tuning(mode="auto"))
+        store.initialise(info)
+        with store.writer():
+            for start in range(0, len(vectors), 20_000):
+                stop = min(len(vectors), start + 20_000)
+                ids = [str(uuid.UUID(int=int(i) + 1, version=4)) for i in range(start, stop)]
+                payloads = []
+                for i in range(start, stop):
+                    p = dict(batch.payloads[int(sources[i])])
+                    p["path"] = f"{p['path'].split('/', 1)[0]}/{ids[i - start]}.jpg"
+                    payloads.append(p)
+                store.upsert(ids, vectors[start:stop], payloads)
+            store.maintain(force=True)
+        build_s = round(time.perf_counter() - t0, 1)
+        store.close()
     del vectors
+    # The analysis runs in a fresh process, so its peak RSS is its own (not the build's).
+    child = subprocess.run(
+        [sys.executable, __file__, "_analyse", str(directory), str(k or 0)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {"store_build_s": build_s, **json.loads(child.stdout)}
+
+
+def _status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS (VmHWM) so the peak measured next is the analysis' own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def analyse_child(directory: Path, k: int) -> dict[str, Any]:
+    from core.vectorstore.faiss_store import FaissStore, Tuning
+
     reader = FaissStore(directory, read_only=True, tuning=Tuning(mode="auto"))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    reader.search(np.zeros((1, reader.info().dim), np.float32), 1)  # the store's own footprint
+    baseline = _status_mib("VmRSS")
+    reset = _reset_peak()
     load_before = loadavg()
-    tracemalloc.start()
     t0 = time.perf_counter()
-    insight = analyse(reader, Options(clusters=k))
+    insight = analyse(reader, Options(clusters=k or None))
     total_s = time.perf_counter() - t0
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        _status_mib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     reader.close()
     sizes = [g["size"] for g in insight.duplicate_groups]
     return {
         "n": insight.count,
-        "store_build_s": round(build_s, 1),
-        "maintenance": {k: v for k, v in maintenance.items() if not isinstance(v, dict)},
         "total_s": round(total_s, 1),
         "timings_s": {k: round(v, 1) for k, v in insight.timings.items()},
+        "params": insight.params,
         "clusters": len(insight.clusters),
         "duplicate_groups": len(insight.duplicate_groups),
+        "photos_in_groups": sum(sizes),
         "largest_group": max(sizes) if sizes else 0,
         "suspicious": len(insight.suspicious),
-        "peak_rss_mib_before": round(rss_before),
-        "peak_rss_mib_after": round(rss_after),
-        "traced_python_peak_mib": round(traced_peak / 2**20, 1),
+        "split_species": len(insight.split_species),
+        "rss_mib_after_open": round(baseline),
+        "peak_rss_mib": round(peak),
+        "peak_is_analysis_only": reset,
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "cpus": os.cpu_count(),
@@ -302,6 +339,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--k", type=int, help="clusters at scale (default sqrt(N))")
     parser.add_argument("--json", help="write the results here")
+    if len(sys.argv) == 4 and sys.argv[1] == "_analyse":
+        print(json.dumps(analyse_child(Path(sys.argv[2]), int(sys.argv[3]))))
+        return 0
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args, settings_from_args(args))
 
 
+def cmd_clusters(args: argparse.Namespace) -> int:
+    from kontrol.insight.cli import run_clusters
+
+    return run_clusters(args, settings_from_args(args))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from kontrol.finetune.cli import run_finetune
+
+    return run_finetune(args, settings_from_args(args))
+
+
+def _register_insight(sub: Any, common: Callable[..., None]) -> None:
+    """`clusters` (duplicates, clusters, suspicious labels) and `finetune` (metric learning)."""
+    from kontrol.insight import analysis as ia
+
+    p = sub.add_parser(
+        "clusters", help="near-duplicates, clusters and suspicious labels of the index"
+    )
+    p.add_argument("--out", help="folder for index.html and the contact sheets")
+    p.add_argument("--json", help="write everything found as JSON here")
+    p.add_argument("--k", type=int, help="number of clusters (default: sqrt of the photo count)")
+    p.add_argument("--neighbours", type=int, default=ia.NEIGHBOURS)
+    p.add_argument("--dup-threshold", type=float, default=ia.DUP_THRESHOLD)
+    p.add_argument("--min-score", type=float, default=ia.SUSPICIOUS_MIN_SCORE)
+    p.add_argument("--split-threshold", type=float, default=ia.SPLIT_THRESHOLD)
+    p.add_argument("--max-sheets", type=int, default=100, help="pictures per section")
+    p.add_argument("--seed", type=int, default=0)
+    common(p, images=True)
+    p.set_defaults(func=cmd_clusters)
+
+    p = sub.add_parser(
+        "finetune", help="train a projection on the stored vectors (metric learning)"
+    )
+    p.add_argument("--out", required=True, help="where to save the projection (.npz)")
+    p.add_argument("--adopt", action="store_true", help="adopt it if the gain's CI is above 0")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--augment", type=int, default=2, help="augmented copies embedded per photo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the evaluation report as JSON here")
+    common(p, images=True)
+    p.set_defaults(func=cmd_finetune)
+
+
 def register(sub: Any, common: Callable[..., None]) -> None:
     """Add the bot's and the tools' subcommands to the engine's parser."""
     p = sub.add_parser("demo-data", help="build the labelled demo collection (gcompris-qt-data)")
@@ -125,6 +171,8 @@ def register(sub: Any, common: Callable[..., None]) -> None:
     )
     common(p)
     p.set_defaults(func=cmd_eval)
+
+    _register_insight(sub, common)
 
     p = sub.add_parser("bot", help="run the Telegram bot")
     common(p, images=True)

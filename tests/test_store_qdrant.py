@@ -105,3 +105,30 @@ def test_two_stores_in_one_process_share_the_local_client(store_spec) -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_short_ann_answer_is_repeated_exactly(store_spec, monkeypatch) -> None:
+    from core.vectorstore.qdrant_store import QdrantStore
+    from tests.store_contract import exact_top
+
+    store = open_spec(store_spec)
+    try:
+        store.initialise(StoreInfo(fingerprint=FP, dim=DIM))
+        ids, vecs, payloads = make_records(40)
+        store.upsert(ids, vecs, payloads)
+        real = QdrantStore._query
+        calls = []
+
+        def short_query(self, q, k, flt, *, exact):  # an HNSW that loses all but one hit
+            calls.append(exact)
+            rows = real(self, q, k, flt, exact=exact)
+            return rows if exact else [row[:1] for row in rows]
+
+        monkeypatch.setattr(QdrantStore, "_query", short_query)
+        where = {"genus": ["Genus1", "Genus2"]}
+        row = store.search(vecs[3], 7, where=where)[0]
+        assert [h.id for h in row] == exact_top(ids, vecs, payloads, vecs[3], 7, where)
+        assert calls == [False, True]
+        assert len(store.search(vecs[3], 5, where={"species": "No such"})[0]) == 0
+    finally:
+        store.close()

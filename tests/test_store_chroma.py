@@ -10,8 +10,6 @@ from core.vectorstore import StoreInfo
 from tests.store_contract import *  # noqa: F403
 from tests.store_contract import DIM, FP, make_records, open_spec
 
-pytest.importorskip("chromadb")
-
 
 @pytest.fixture
 def store_spec(tmp_path: Path) -> dict:

@@ -20,8 +20,6 @@ from core.vectorstore import StoreInfo, StoreUnavailableError
 from tests.store_contract import *  # noqa: F403
 from tests.store_contract import DIM, FP, make_records, open_spec
 
-pytest.importorskip("qdrant_client")
-
 
 @pytest.fixture
 def store_spec(tmp_path: Path) -> dict:

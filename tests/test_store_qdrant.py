@@ -130,3 +130,66 @@ def test_a_short_ann_answer_is_repeated_exactly(store_spec, monkeypatch) -> None
         assert len(store.search(vecs[3], 5, where={"species": "No such"})[0]) == 0
     finally:
         store.close()
+
+
+class _FakeQdrant:
+    """A stand-in HTTP server on 127.0.0.1 (no Qdrant server can run here): it answers every
+    request with one fixed status and JSON body, so the client's error paths can be driven."""
+
+    def __init__(self, status: int, body: dict) -> None:
+        import http.server
+        import threading
+
+        payload = json.dumps(body).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_rejected_api_key_is_one_sentence_without_the_key() -> None:
+    key = "sekret-api-key-987654"
+    fake = _FakeQdrant(403, {"status": {"error": "Invalid api-key"}, "time": 0})
+    try:
+        with pytest.raises(StoreUnavailableError) as err:
+            open_spec({"store": "qdrant", "store_url": fake.url, "store_api_key": key})
+        assert "refused the API key" in str(err.value) and "KONTROL_STORE_API_KEY" in str(err.value)
+        assert key not in str(err.value) and key not in repr(err.value)
+    finally:
+        fake.stop()
+
+
+def test_server_gone_mid_run_is_one_sentence() -> None:
+    fake = _FakeQdrant(200, {"result": {"exists": False}, "status": "ok", "time": 0})
+    store = open_spec({"store": "qdrant", "store_url": fake.url, "store_api_key": "k-12345678"})
+    try:
+        assert store.info() is None
+        fake.stop()
+        with pytest.raises(StoreUnavailableError, match="cannot be reached"):
+            store.count()
+        with pytest.raises(StoreUnavailableError, match="cannot be reached"):
+            store.search(np.ones((1, DIM), np.float32) / 4, 3)
+    finally:
+        store.close()

@@ -34,6 +34,10 @@ Where = Mapping[str, Any]
 INDEXED_FIELDS = ("species", "genus", "family", "order", "class", "source", "license")
 
 
+class ReadOnlyStoreError(KontrolError):
+    """A write was attempted on a store opened for reading (or in a read-only place)."""
+
+
 class StoreUnavailableError(KontrolError):
     """The store cannot be reached (server down, wrong URL or key); the message says which."""
 

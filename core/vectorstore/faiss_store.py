@@ -34,13 +34,14 @@ from typing import TYPE_CHECKING, Any
 import faiss
 import numpy as np
 
-from core.errors import IndexBusyError, IndexCorruptError, IndexMismatchError, KontrolError
+from core.errors import IndexBusyError, IndexCorruptError, IndexMismatchError
 from core.faults import crash_point
 from core.vectorstore import faiss_ann, faiss_db
 from core.vectorstore.base import (
     Batch,
     Capabilities,
     Hit,
+    ReadOnlyStoreError,
     StoreInfo,
     VectorStore,
     Where,
@@ -52,10 +53,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2
 LOCK_FILE = "writer.lock"
-
-
-class ReadOnlyStoreError(KontrolError):
-    """A write was attempted on a store opened for reading (or in a read-only directory)."""
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Engine:
         self._calibrator: tuple[str, VoteCalibrator | None] | None = None
         self._species: tuple[str, dict[str, int]] | None = None
         self._count: tuple[str, int] | None = None
+        self._seen_generation: str | None = None
         self._head_thread: threading.Thread | None = None
 
     # --- life-cycle ------------------------------------------------------------------------------
@@ -91,6 +92,10 @@ class Engine:
         """The store, checked against the configured model; and its generation."""
         store = self.store
         info = store.check(self.embedder.fingerprint, self.embedder.dim)
+        if info.generation != self._seen_generation:
+            # another process committed: a database store may hold per-client caches to renew
+            store.refresh()
+            self._seen_generation = info.generation
         return store, info.generation
 
     def warmup(self) -> None:

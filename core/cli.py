@@ -225,6 +225,43 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Copy the configured store into another (no re-embedding), then verify the copy."""
+    import os
+
+    from core.vectorstore import open_store
+    from core.vectorstore.migrate import migrate
+
+    source_settings = _settings(args)
+    update: dict[str, Any] = {"store": args.to}
+    if args.store_url:
+        update["store_url"] = args.store_url
+    if args.store_collection:
+        update["store_collection"] = args.store_collection
+    if args.to_index_dir:
+        update["index_dir"] = Path(args.to_index_dir)
+    key = os.environ.get("KONTROL_MIGRATE_TARGET_API_KEY")
+    if key:
+        update["store_api_key"] = key
+    target_settings = load_settings(**{**source_settings.model_dump(), **update})
+    if (target_settings.store, target_settings.index_dir, target_settings.store_url) == (
+        source_settings.store,
+        source_settings.index_dir,
+        source_settings.store_url,
+    ) and target_settings.store_collection == source_settings.store_collection:
+        raise KontrolError("The target is the source; name another store, URL, collection or dir.")
+    source = open_store(source_settings, read_only=True)
+    target = open_store(target_settings)
+    try:
+        with target.writer():
+            report = migrate(source, target, reset=args.reset)
+    finally:
+        source.close()
+        target.close()
+    print(report.summary())
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     engine = _engine(settings)
@@ -312,6 +349,15 @@ def build_parser(extensions: Sequence[Extension] = ()) -> argparse.ArgumentParse
     )
     common(p, images=True)
     p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("migrate", help="copy the index into another store, then verify the copy")
+    p.add_argument("--to", required=True, choices=["faiss", "qdrant", "milvus", "chroma"])
+    p.add_argument("--store-url", help="target server URL (qdrant, milvus)")
+    p.add_argument("--store-collection", help="target collection name")
+    p.add_argument("--to-index-dir", help="target folder (faiss, chroma, qdrant local mode)")
+    p.add_argument("--reset", action="store_true", help="drop what the target holds first")
+    common(p, images=True)
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("verify", help="check every stored vector against its checksum")
     common(p, images=True)

@@ -166,3 +166,19 @@ def test_symlink_loop_is_skipped_and_listed_not_a_crash(tiny_cli: Settings, caps
     captured = capsys.readouterr()
     assert "Indexed 13 photos" in captured.out
     assert "Canis_lupus/self" in captured.err
+
+
+def test_migrate_cli_copies_the_store_without_re_embedding(tiny_cli: Settings, tmp_path, capsys):
+    assert main(["index", "--quiet"]) == 0
+    target = tmp_path / "qdrant-copy"
+    capsys.readouterr()
+    assert main(["migrate", "--to", "qdrant", "--to-index-dir", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert "Copied 13 records" in out and "overlap" in out
+    settings = tiny_cli.model_copy(update={"store": "qdrant", "index_dir": target})
+    engine = _engine(settings)
+    hits = engine.find_similar(make_image(2), top_k=3)
+    engine.close()
+    assert len(hits) == 3
+    assert main(["migrate", "--to", "faiss"]) == 2  # the target is the source
+    assert "target is the source" in capsys.readouterr().err

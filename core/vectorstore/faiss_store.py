@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -379,7 +380,7 @@ class FaissStore(VectorStore):
                 f"{path} is shorter than the index says ({size} bytes for {rows} rows); rebuild "
                 "it with `kontrol index --full`."
             )
-        vectors = np.memmap(path, dtype=np.float32, mode="r", shape=(rows, dim)) if rows else None
+        vectors = RowFile(path, rows, dim) if rows else None
         conn = self._conn()
         dead = faiss_db.dead_rows(conn)
         state = _State(
@@ -573,8 +574,12 @@ class FaissStore(VectorStore):
                 return [empty] * len(queries), [empty.astype(np.float32)] * len(queries)
             if state.ann is None or len(subset) <= self.tuning.filter_exact_max:
                 return self._exact(state, queries, k, subset)
-            # a filter keeps a fraction of each list: look in more lists from the start
-            return self._approximate(state, queries, k, state.nprobe * 4, subset)
+            # A filter keeps a fraction s of each list, so look in more lists from the start:
+            # about nprobe / (4 s), at least 4 x nprobe (measured at 1M: 4 x nprobe alone gave
+            # recall@10 0.84 for a species of 2.4 % of the photos).
+            share = len(subset) / max(1, state.rows)
+            nprobe = max(4 * state.nprobe, math.ceil(state.nprobe / (4 * share)))
+            return self._approximate(state, queries, k, nprobe, subset)
         if state.ann is None:
             return self._exact(state, queries, k, None)
         return self._approximate(state, queries, k, state.nprobe, None)

@@ -23,7 +23,7 @@ from telegram.ext import (
     filters,
 )
 
-from bot import answers, commands, curate, fallbacks, photo
+from bot import answers, commands, curate, fallbacks, insight, photo
 from bot.file_ids import FileIdStore
 from bot.logsafe import protect_secret, quiet_http_loggers
 from bot.names import CommonNames
@@ -101,6 +101,8 @@ def _add_handlers(app: Application) -> None:
             CommandHandler("remove", curate.on_remove, filters=fresh),
             CommandHandler("undo", curate.on_undo, filters=fresh),
             CommandHandler("review", curate.on_review, filters=fresh),
+            CommandHandler("duplicates", insight.on_duplicates, filters=fresh),
+            CommandHandler("suspicious", insight.on_suspicious, filters=fresh),
             MessageHandler(
                 fresh & filters.CaptionRegex(photo.CAPTION_COMMAND), photo.on_caption_command
             ),

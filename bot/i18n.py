@@ -95,6 +95,16 @@ EN: dict[str, str] = {
         "Animated images, videos and stickers are not supported. Please send a still photo."
     ),
     "reindex_denied": "Sorry, only the bot's admins may rebuild the index.",
+    "insight_denied": "Sorry, only the bot's admins may review the collection.",
+    "insight_busy": "A collection review is already running; please wait for it.",
+    "insight_started": "🔎 Looking through the whole collection…",
+    "insight_failed": "The collection review failed; the details are in the bot's log.",
+    "duplicates_found": "{count} group(s) of near-duplicates among {total} photos. The top ones:",
+    "suspicious_found": (
+        "{count} photo(s) whose neighbours mostly carry another label, among {total}. "
+        "The top ones (the photo first, then its neighbours); reply /remove to an album photo "
+        "to take it out:"
+    ),
     "reindex_busy": "A re-index is already running; please wait until it finishes.",
     "reindex_started": "🔄 Re-indexing started…",
     "reindex_progress": "🔄 Re-indexing: {percent}% ({done}/{total} photos, {rate} photos/s)",
@@ -184,6 +194,16 @@ RU: dict[str, str] = {
     "too_small": "Изображение слишком маленькое, чтобы что-то распознать; пришлите фото крупнее.",
     "animated": "Анимации, видео и стикеры не поддерживаются. Пришлите обычное фото.",
     "reindex_denied": "Извините, перестраивать индекс могут только администраторы бота.",
+    "insight_denied": "Извините, проверять коллекцию могут только администраторы бота.",
+    "insight_busy": "Проверка коллекции уже идёт; дождитесь, пожалуйста, её окончания.",
+    "insight_started": "🔎 Просматриваю всю коллекцию…",
+    "insight_failed": "Проверка коллекции не удалась; подробности в журнале бота.",
+    "duplicates_found": "Групп почти одинаковых фото: {count} (всего фото: {total}). Главные:",
+    "suspicious_found": (
+        "Фото, соседи которых в основном подписаны иначе: {count} (всего фото: {total}). "
+        "Главные (сначала само фото, затем соседи); ответьте /remove на фото из альбома, "
+        "чтобы убрать его:"
+    ),
     "reindex_busy": "Переиндексация уже идёт; дождитесь, пожалуйста, её окончания.",
     "reindex_started": "🔄 Переиндексация началась…",
     "reindex_progress": "🔄 Переиндексация: {percent}% ({done}/{total} фото, {rate} фото/с)",

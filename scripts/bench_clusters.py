@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from core.engine import Engine  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from kontrol.evaluation.augment import ALTERATIONS  # noqa: E402
-from kontrol.insight.analysis import Options, analyse  # noqa: E402
+from core.insight import Options, analyse  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 PLANTED = 8

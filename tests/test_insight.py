@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.insight import Options, UnionFind, analyse, label_vote
 from core.vectorstore import StoreInfo
 from core.vectorstore.faiss_store import FaissStore, Tuning
-from kontrol.insight.analysis import Options, UnionFind, analyse, label_vote
 from tests.helpers import TinyEmbedder, make_collection
 
 DIM = 64

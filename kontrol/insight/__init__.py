@@ -3,6 +3,6 @@ label disagrees with their neighbours and species split into distant groups, as 
 HTML page with contact sheets a person reviews. Works on any `VectorStore` through its interface.
 """
 
-from kontrol.insight.analysis import Insight, Options, analyse
+from core.insight import Insight, Options, analyse
 
 __all__ = ["Insight", "Options", "analyse"]

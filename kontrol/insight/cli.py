@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from core.insight import Options, analyse
 from core.settings import Settings
-from kontrol.insight.analysis import Options, analyse
 
 
 def run_clusters(args: argparse.Namespace, settings: Settings) -> int:

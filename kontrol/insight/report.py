@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from kontrol.insight.analysis import Insight
+from core.insight import Insight
 
 THUMB = 150
 BORDER = 5

@@ -39,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.engine import Engine  # noqa: E402
+from core.insight import Options, analyse  # noqa: E402
 from core.settings import load_settings  # noqa: E402
 from kontrol.evaluation.augment import ALTERATIONS  # noqa: E402
-from core.insight import Options, analyse  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
 PLANTED = 8

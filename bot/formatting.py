@@ -6,6 +6,7 @@ Kept apart from the handlers so the wording of every answer can be read and test
 from __future__ import annotations
 
 import html
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
@@ -13,10 +14,24 @@ from bot.i18n import Lang, raw, t
 from bot.paging import CAPTION_LIMIT, fit_html
 
 
-def percent(value: float) -> str:
-    """0.873 -> '87%'; values under 10% keep one decimal so small candidates stay distinct."""
-    share = max(0.0, min(1.0, float(value))) * 100
-    return f"{share:.1f}%" if share < 10 else f"{share:.0f}%"
+@lru_cache(maxsize=8)
+def _percent_patterns(lang: str) -> tuple[str, str]:
+    """The language's own percent pattern (Babel/CLDR: '#,##0 %' in Russian, '#,##0%' in English),
+    as (whole, one decimal)."""
+    from babel import Locale
+
+    whole = Locale.parse(lang).percent_formats[None].pattern.split(";")[0]
+    return whole, whole.replace("#,##0", "#,##0.0", 1)
+
+
+def percent(value: float, lang: Lang = "en") -> str:
+    """0.873 -> '87%' ('87 %' in Russian); under 10% one decimal ('5.1%', '5,1 %') so small
+    candidates stay distinct. Numbers follow the user's language (Babel)."""
+    from babel.numbers import format_percent
+
+    share = max(0.0, min(1.0, float(value)))
+    whole, decimal = _percent_patterns(lang)
+    return format_percent(share, decimal if share < 0.1 else whole, locale=lang)
 
 
 #: Candidates less probable than this are not listed.
@@ -25,9 +40,9 @@ MIN_SHOWN_PROBABILITY = 0.05
 MAX_SHOWN_PROBABILITY = 0.99
 
 
-def probability_percent(value: float) -> str:
+def probability_percent(value: float, lang: Lang = "en") -> str:
     """A probability for the species answer: like `percent`, capped at 99% (never "100%")."""
-    return percent(min(float(value), MAX_SHOWN_PROBABILITY))
+    return percent(min(float(value), MAX_SHOWN_PROBABILITY), lang)
 
 
 def hedge(lang: Lang, probability: float) -> str:
@@ -38,7 +53,7 @@ def hedge(lang: Lang, probability: float) -> str:
 
 def _candidates(lang: Lang, probabilities: dict[str, float], skip: str | None) -> list[str]:
     return [
-        t(lang, "candidate_line", species=name, probability=probability_percent(p))
+        t(lang, "candidate_line", species=name, probability=probability_percent(p, lang))
         for name, p in probabilities.items()
         if name != skip and p >= MIN_SHOWN_PROBABILITY
     ]
@@ -53,7 +68,7 @@ def _fallback_line(lang: Lang, fallback: dict[str, Any] | None) -> list[str]:
     name = f"{common} ({species})" if both else common or species
     if not name:
         return []
-    return ["", t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0)))]
+    return ["", t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0), lang))]
 
 
 def _headline(lang: Lang, result: dict[str, Any]) -> str | None:
@@ -66,7 +81,7 @@ def _headline(lang: Lang, result: dict[str, Any]) -> str | None:
             lang,
             "species_result",
             species=species,
-            confidence=probability_percent(result["confidence"]),
+            confidence=probability_percent(result["confidence"], lang),
         )
     if species is not None:
         p = float(result["confidence"])
@@ -75,7 +90,7 @@ def _headline(lang: Lang, result: dict[str, Any]) -> str | None:
             "species_answer",
             hedge=hedge(lang, p),
             species=species,
-            confidence=probability_percent(p),
+            confidence=probability_percent(p, lang),
         )
     if rank and rank != "species" and result.get("taxon"):
         p = float(result.get("taxon_confidence") or 0.0)
@@ -87,9 +102,9 @@ def _headline(lang: Lang, result: dict[str, Any]) -> str | None:
             hedge=hedge(lang, p),
             rank=t(lang, f"rank_{rank}"),
             taxon=str(result["taxon"]),
-            confidence=probability_percent(p),
+            confidence=probability_percent(p, lang),
             species=likely,
-            species_confidence=probability_percent(float(probabilities.get(likely, 0.0))),
+            species_confidence=probability_percent(float(probabilities.get(likely, 0.0)), lang),
         )
     return None
 
@@ -143,7 +158,7 @@ def attribution(hit: dict[str, Any]) -> str | None:
 def album_caption(lang: Lang, hit: dict[str, Any]) -> str:
     """One album photo's caption: its species, how similar it is, and the credit a CC BY(-SA)
     licence asks for."""
-    similarity = percent(float(hit.get("similarity", 0.0)))
+    similarity = percent(float(hit.get("similarity", 0.0)), lang)
     text = t(lang, "album_caption", species=str(hit.get("class", "")), similarity=similarity)
     if hit.get("common"):
         text = f"{html.escape(str(hit['common']))} — {text}"

@@ -40,6 +40,7 @@ def test_never_shows_100_percent() -> None:
     for lang in ("en", "ru"):
         for flag in (True, False):
             text = classification_text(lang, _species(1.0), all_probabilities=flag)
+            text = text.replace("\xa0", "")  # Russian puts a no-break space before %
             assert "100%" not in text and "99%" in text
     raw = {"species": "Canis lupus", "confidence": 1.0, "probabilities": {"Canis lupus": 1.0}}
     assert "100%" not in classification_text("en", raw, all_probabilities=True)
@@ -82,3 +83,10 @@ def test_genus_level_answer() -> None:
     assert "Almost certainly an animal of the family" in classification_text(
         "en", family, all_probabilities=False
     )
+
+
+def test_numbers_follow_the_language() -> None:
+    from bot.formatting import percent
+
+    assert percent(0.051, "en") == "5.1%" and percent(0.87, "en") == "87%"
+    assert percent(0.051, "ru") == "5,1\xa0%" and percent(0.87, "ru") == "87\xa0%"

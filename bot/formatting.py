@@ -6,8 +6,8 @@ Kept apart from the handlers so the wording of every answer can be read and test
 from __future__ import annotations
 
 import html
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from bot.i18n import Lang, raw, t
@@ -68,7 +68,10 @@ def _fallback_line(lang: Lang, fallback: dict[str, Any] | None) -> list[str]:
     name = f"{common} ({species})" if both else common or species
     if not name:
         return []
-    return ["", t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0), lang))]
+    return [
+        "",
+        t(lang, "fallback", name=name, confidence=percent(fallback.get("confidence", 0), lang)),
+    ]
 
 
 def _headline(lang: Lang, result: dict[str, Any]) -> str | None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.errors import IndexBusyError
-from core.vectorstore import StoreInfo
+from core.vectorstore import StoreInfo, faiss_ann
 from core.vectorstore.faiss_store import FaissStore, Tuning
 from tests.store_contract import DIM, FP, exact_top, make_records
 
@@ -206,7 +206,8 @@ def test_kill_at_each_step_leaves_old_or_new_state(tmp_path: Path, action: str, 
     assert reopened.verify() == {"checked": count, "bad_ids": []}
     meta = reopened._meta()
     files = {p.name for p in tmp_path.iterdir() if p.name.startswith(("vectors-", "ann-"))}
-    assert files == {meta["vectors_file"], *([meta["ann_file"]] if meta["ann_file"] else [])}
+    ann = [meta["ann_file"], faiss_ann.lists_file(meta["ann_file"])] if meta["ann_file"] else []
+    assert files == {meta["vectors_file"], *ann}
     assert (tmp_path / meta["vectors_file"]).stat().st_size == meta["rows"] * DIM * 4
     live = [b for batch in reopened.iterate() for b in zip(batch.ids, batch.vectors, strict=True)]
     for id_, vec in live[:20]:
@@ -214,3 +215,21 @@ def test_kill_at_each_step_leaves_old_or_new_state(tmp_path: Path, action: str, 
     # and the store still takes writes
     reopened.upsert(*make_records(3, seed=42, prefix="after"))
     assert reopened.count() == count + 3
+
+
+def test_filter_far_from_the_query_scans_the_lists_holding_it(tmp_path: Path) -> None:
+    """A species filter on a photo of another animal: its matches are in lists far from the
+    query; the store scans exactly the lists that hold them, so recall stays exact."""
+    store, ids, vecs, payloads = _store(tmp_path, n=3000)
+    store.maintain()
+    assert store._state.row_list is not None and (store._state.row_list >= 0).all()
+    store.tuning = Tuning(exact_max=50, tail_max=10, filter_exact_max=10)  # no exact shortcut
+    calls = []
+    real = store._filtered_lists
+    store._filtered_lists = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    where = {"species": "Genus2 species2"}
+    queries = vecs[[i for i in range(60) if i % 4 == 0][:15]]  # species0 photos
+    for q, row in zip(queries, store.search(queries, 10, where=where), strict=True):
+        want = exact_top(ids, vecs, payloads, q, 10, where)
+        assert len(row) == 10 and {h.id for h in row} == set(want)
+    assert calls  # the list-aware path answered

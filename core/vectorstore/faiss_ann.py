@@ -69,6 +69,27 @@ def write(index: faiss.Index, path: Path) -> None:
         os.close(fd)
 
 
+def lists_file(ann_file: str) -> str:
+    """Name of the row -> IVF list table written beside an ANN file."""
+    return ann_file.removesuffix(".faiss") + ".lists.npy"
+
+
+def write_row_lists(index: faiss.Index, rows: int, path: Path) -> None:
+    """Save which IVF list holds each row (int32, -1 for rows not in the index), read from the
+    inverted lists themselves (no second assignment pass)."""
+    table = np.full(rows, -1, np.int32)
+    invlists = index.invlists
+    for list_no in range(index.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+            table[np.asarray(ids, dtype=np.int64)] = list_no
+    with open(path, "wb") as handle:
+        np.save(handle, table)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def load(path: Path) -> faiss.Index:
     """Memory-map the index read-only: processes serving the same store share its pages."""
     return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)

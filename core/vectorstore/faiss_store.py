@@ -68,6 +68,8 @@ class Tuning:
     compact_ratio: float = 0.25
     #: Filters matching at most this many photos are answered by an exact scan of those rows.
     filter_exact_max: int = 20_000
+    #: A filter whose matches sit in at most this many IVF lists scans exactly those lists.
+    filter_max_lists: int = 256
     #: Candidates the approximate tier hands to float32 re-scoring (at least, and per k).
     shortlist_min: int = 64
     shortlist_per_k: int = 8
@@ -88,6 +90,9 @@ class _State:
     ann_rows: int = 0
     nprobe: int = 1
     ann_file: str | None = None
+    #: IVF list of each row the ANN holds (-1: not in it); filtered searches probe only the lists
+    #: that hold matching rows.
+    row_list: np.ndarray | None = None
     not_dead: Any = None  # faiss selector excluding tombstones
     keep: Any = None  # arrays a faiss selector borrows must outlive it
     filters: dict[tuple, np.ndarray] = field(default_factory=dict)
@@ -331,9 +336,9 @@ class FaissStore(VectorStore):
     def _remove_unreferenced(self) -> None:
         meta = self._meta()
         keep = {meta.get("vectors_file"), meta.get("ann_file")}
-        for path in list(self.directory.glob("vectors-*.f32")) + list(
-            self.directory.glob("ann-*.faiss")
-        ):
+        if meta.get("ann_file"):
+            keep.add(faiss_ann.lists_file(meta["ann_file"]))
+        for path in list(self.directory.glob("vectors-*.f32")) + list(self.directory.glob("ann-*")):
             if path.name not in keep:
                 path.unlink(missing_ok=True)
 
@@ -407,6 +412,11 @@ class FaissStore(VectorStore):
                         "--repair` or `kontrol index` to rebuild it."
                     ) from None
             state.ann_file = meta["ann_file"]
+            if old.row_list is not None and old.ann_file == meta["ann_file"]:
+                state.row_list = old.row_list
+            else:
+                lists_path = self.directory / faiss_ann.lists_file(meta["ann_file"])
+                state.row_list = np.load(lists_path) if lists_path.exists() else None
         if len(dead):
             state.not_dead = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
             state.keep = dead
@@ -635,6 +645,11 @@ class FaissStore(VectorStore):
             in_ann = subset[subset < state.ann_rows]
             selector = faiss.IDSelectorBatch(in_ann) if len(in_ann) else None
             want = min(k, len(subset))
+            if selector is not None and state.row_list is not None:
+                probe = np.unique(state.row_list[in_ann])
+                probe = probe[probe >= 0]
+                if 0 < len(probe) <= self.tuning.filter_max_lists:
+                    return self._filtered_lists(state, queries, k, in_ann, tail, probe, shortlist)
         while True:
             params = faiss.SearchParametersIVF(nprobe=min(nprobe, nlist))
             if selector is not None:
@@ -651,6 +666,49 @@ class FaissStore(VectorStore):
             if short >= want or nprobe >= nlist:
                 break
             nprobe *= 4  # a filter came back short: look in more lists, up to all of them
+        return self._rescore(state, queries, lists, k)
+
+    def _filtered_lists(
+        self,
+        state: _State,
+        queries: np.ndarray,
+        k: int,
+        in_ann: np.ndarray,
+        tail: np.ndarray,
+        probe: np.ndarray,
+        shortlist: int,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """A filter whose rows sit in a few IVF lists: scan exactly those lists (nearest to the
+        query first), so matches far from the query are found too (a species filter on a photo
+        of another animal), then re-score in float32."""
+        ann = state.ann
+        centroids = ann.quantizer.reconstruct_n(0, ann.nlist)[probe]
+        dist = queries @ centroids.T  # inner product: larger is nearer
+        order = np.argsort(-dist, axis=1)
+        assign = probe[order].astype(np.int64)
+        dist = np.take_along_axis(dist, order, axis=1).astype(np.float32)
+        params = faiss.SearchParametersIVF(nprobe=len(probe))
+        selector = faiss.IDSelectorBatch(in_ann)
+        params.sel = selector
+        x = np.ascontiguousarray(queries, dtype=np.float32)
+        found = np.empty((len(x), shortlist), np.int64)
+        scores = np.empty((len(x), shortlist), np.float32)
+        # the C call: the Python wrapper of search_preassigned takes no params (selector, nprobe)
+        ann.search_preassigned_c(
+            len(x),
+            faiss.swig_ptr(x),
+            shortlist,
+            faiss.swig_ptr(np.ascontiguousarray(assign)),
+            faiss.swig_ptr(np.ascontiguousarray(dist)),
+            faiss.swig_ptr(scores),
+            faiss.swig_ptr(found),
+            False,
+            params,
+        )
+        lists = [r[r >= 0] for r in found]
+        if len(tail):
+            extra = faiss_ann.exact_neighbours(state.vectors, tail, queries, shortlist)
+            lists = [np.concatenate([a, t[t >= 0]]) for a, t in zip(lists, extra, strict=True)]
         return self._rescore(state, queries, lists, k)
 
     @staticmethod
@@ -761,6 +819,7 @@ class FaissStore(VectorStore):
 
         nprobe, recall = faiss_ann.tune_nprobe(nlist, probe, vecs, live)
         name = f"ann-{uuid.uuid4().hex[:12]}.faiss"
+        faiss_ann.write_row_lists(index, rows, self.directory / faiss_ann.lists_file(name))
         faiss_ann.write(index, self.directory / name)
         crash_point("ann:written")
         report = {

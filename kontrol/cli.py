@@ -121,7 +121,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def _register_insight(sub: Any, common: Callable[..., None]) -> None:
     """`clusters` (duplicates, clusters, suspicious labels) and `finetune` (metric learning)."""
-    from kontrol.insight import analysis as ia
+    from core import insight as ia
 
     p = sub.add_parser(
         "clusters", help="near-duplicates, clusters and suspicious labels of the index"

@@ -23,6 +23,11 @@ from core.vectorstore.base import Hit, ReadOnlyStoreError, StoreInfo, Where
 #: Suffix of the reserved collection that holds a store's `StoreInfo`.
 META_SUFFIX = "__kontrol_meta"
 
+#: A filter matching at most this many records is answered by an exact scan of them: measured at
+#: 100k, Chroma's and a still-indexing Milvus's filtered HNSW answers had recall@10 0.34-0.51
+#: (right count, wrong photos), which a short-answer check cannot see.
+FILTER_EXACT_MAX = 5_000
+
 #: Filter values every backend pushes down natively (a list/tuple/set of them means "any of").
 FILTER_TYPES = (str, int, bool)
 

@@ -32,6 +32,7 @@ from chromadb.errors import NotFoundError
 
 from core.errors import IndexMissingError
 from core.vectorstore._common import (
+    FILTER_EXACT_MAX,
     META_SUFFIX,
     check_records,
     chunks,
@@ -275,6 +276,8 @@ class ChromaStore(VectorStore):
         total = int(data.count())
         if total == 0:
             return empty
+        if w and self.count(w) <= FILTER_EXACT_MAX:
+            return self._exact(q, k, w)  # a small filter: exact, the HNSW's filtered recall is not
         res = data.query(
             query_embeddings=q,
             n_results=min(k, total),

@@ -46,6 +46,7 @@ from pymilvus import DataType, MilvusClient, MilvusException
 
 from core.errors import ConfigError, IndexMissingError, KontrolError
 from core.vectorstore._common import (
+    FILTER_EXACT_MAX,
     check_records,
     chunks,
     exact_rank,
@@ -408,6 +409,8 @@ class MilvusStore(VectorStore):
         w = normalise_where(where)
         if k <= 0 or matches_nothing(w) or not len(q):
             return [[] for _ in range(len(q))]
+        if w and self.count(w) <= FILTER_EXACT_MAX:
+            return self._exact(q, k, w)  # a small filter: exact, the HNSW's filtered recall is not
         limit = min(k, MAX_LIMIT)
         with self._guard():
             res = self.client.search(

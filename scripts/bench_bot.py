@@ -1,7 +1,7 @@
 """Bot load benchmark: many chats send photos at once through the fake Bot API server.
 
 The real `bot.app.build_application` application polls `tests.fake_telegram.FakeTelegram` over
-loopback HTTP, with the real engine serving the synthetic 100k-vector index. Latency is measured
+loopback HTTP, with the real engine serving the synthetic 100k-vector FaissStore. Latency is measured
 from the moment a photo update is queued on the server (the user "sent" it) to the moment the
 server has answered the bot's `sendMediaGroup` for it (the album is "sent").
 """
@@ -175,6 +175,7 @@ async def _bench(
     log: Any,
 ) -> tuple[list[Phase], dict[str, Any]]:
     from bot.app import build_application
+    from bot.settings import load_settings as load_bot_settings
     from tests.fake_telegram import TOKEN, FakeTelegram, polling
 
     kind = DEFAULT_KIND if DEFAULT_KIND in synthetic.dirs else next(iter(synthetic.dirs))
@@ -188,7 +189,9 @@ async def _bench(
     extra: dict[str, Any] = {"index_type": kind, "link_s": link_s}
     phases: list[Phase] = []
     with FakeTelegram() as tg:
-        s = settings(
+        s = load_bot_settings(
+            _env_file=None,
+            models_dir=settings().models_dir,
             images_dir=synthetic.root,
             index_dir=synthetic.dirs[kind],
             index_type=kind,
@@ -216,7 +219,7 @@ async def _bench(
             logging.getLogger().removeHandler(errors)
         extra["errors"] = errors.records
         extra["unknown_methods"] = list(tg.unknown_methods)
-    engine.reload()
+    engine.close()
     return phases, extra
 
 
@@ -240,7 +243,8 @@ def bench_bot(
         "The real application (`bot.app.build_application(settings, engine)`, long polling, "
         "python-telegram-bot's HTTP stack and `AIORateLimiter`) against "
         "`tests.fake_telegram.FakeTelegram` on 127.0.0.1, with the engine serving the "
-        f"{n:,}-vector `{extra['index_type']}` index of section 1 (every row a real file: the "
+        f"{n:,}-vector FaissStore (`index_type={extra['index_type']}`) of section 1 "
+        "(every row a real file: the "
         "synthetic rows are hard links to their source demo photos, so albums render and upload "
         "real thumbnails). Users send the demo photos re-encoded as Telegram delivers them "
         f"(<= {TELEGRAM_MAX_SIDE} px, JPEG q87); each photo gets a classification message and "

@@ -21,18 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from core import store
 from core.embedders import create_backbone, create_embedder
 from core.embedders.base import Embedder
 from core.engine import Engine
 from core.imageio import load_image
-from core.index import create_index
 from core.settings import Settings, load_settings
+from core.vectorstore import StoreInfo
+from core.vectorstore.faiss_store import FaissStore, Tuning
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
-DEFAULT_KIND = "flat_fp16"
-INDEX_KINDS = ("flat", "flat_fp16", "hnsw")
+#: `index_type` of the FaissStore: auto (exact scan up to 20k photos, IVF past it), flat (always
+#: an exact scan), ivf (always IVF; the same as auto at 100k).
+DEFAULT_KIND = "auto"
+INDEX_KINDS = ("flat", "auto", "ivf")
+#: Backends measured unless --index-types says otherwise (ivf would repeat auto at 100k).
+DEFAULT_KINDS = ("flat", "auto")
+#: Rows upserted into a store at a time.
+CHUNK = 20_000
 #: Per-vector noise level range of the synthetic vectors (see `synthesize`).
 NOISE_SIGMA = (0.02, 0.06)
 
@@ -118,8 +124,9 @@ def machine_info() -> dict[str, str]:
 
 
 def settings(**overrides: Any) -> Settings:
-    """Default settings (no .env) with the repo's model cache, plus overrides."""
-    overrides.setdefault("models_dir", ROOT / "models")
+    """Default settings (no .env) with the repo's model cache (or KONTROL_MODELS_DIR), plus
+    overrides."""
+    overrides.setdefault("models_dir", Path(os.environ.get("KONTROL_MODELS_DIR", ROOT / "models")))
     return load_settings(_env_file=None, **overrides)
 
 
@@ -131,25 +138,45 @@ def demo_photos() -> list[Path]:
     return photos
 
 
-def real_embeddings(tmp: Path, embedder: Embedder) -> store.IndexData:
-    """Index the demo collection with the product's engine and return what it saved."""
+@dataclass
+class DemoData:
+    """The demo collection as the engine stored it: ids, vectors, payloads, store info."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    payloads: list[dict[str, Any]]
+    info: StoreInfo
+
+
+def real_embeddings(tmp: Path, embedder: Embedder) -> DemoData:
+    """Index the demo collection with the product's engine and return what it stored."""
     index_dir = tmp / "demo-index"
     engine = Engine(settings(images_dir=DEMO, index_dir=index_dir), embedder=embedder)
-    engine.reindex(full=True)
-    return store.load(index_dir, mmap=False)
+    engine.reindex(full=True, train="skip")  # no species head (it would go to the models dir)
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    payloads: list[dict[str, Any]] = []
+    for batch in engine.store.iterate():
+        ids += batch.ids
+        vectors.append(np.asarray(batch.vectors, dtype=np.float32))
+        payloads += batch.payloads
+    info = engine.store.info()
+    engine.close()
+    assert info is not None
+    return DemoData(ids, np.concatenate(vectors), payloads, info)
 
 
 @dataclass
 class SyntheticIndex:
-    """A 100k-row index on disk per backend, built from the demo embeddings."""
+    """A 100k-row FaissStore on disk per `index_type`, built from the demo embeddings."""
 
     root: Path
     dirs: dict[str, Path]
     rows: list[dict[str, Any]]
     sources: np.ndarray  # demo row each row derives from (itself for real rows)
     n_real: int
-    build_s: dict[str, float]
-    save_s: dict[str, float]
+    build_s: dict[str, float]  # upserts + maintain (IVF training where the mode builds one)
+    maintain_s: dict[str, float]
     cos_to_source: tuple[float, float, float]
 
     def description(self) -> str:
@@ -163,8 +190,9 @@ class SyntheticIndex:
             f"n ~ N(0, I), s ~ U({lo}, {hi}) per vector (seed 0). Cosine to its source: p5 {p5:.2f}, "
             f"median {p50:.2f}, p95 {p95:.2f} (real demo photos' nearest other demo photo: "
             f"median ~0.45). Each synthetic row has its own uuid and path "
-            f"`<Species>/<uuid>.jpg` in its source's species; saved with `core.store.save` with "
-            f"full metadata rows, one index directory per backend."
+            f"`<Species>/<uuid>.jpg` and its source's payload (species, lineage); upserted into "
+            f"a `FaissStore` in chunks of {CHUNK:,} and then `maintain()`ed (which builds the "
+            f"IVF tier where the mode wants one), one store directory per `index_type`."
         )
 
     def materialize(self) -> None:
@@ -184,10 +212,11 @@ class SyntheticIndex:
 
 
 def synthesize(
-    demo: store.IndexData, n: int, seed: int = 0
+    demo: DemoData, n: int, seed: int = 0
 ) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray, tuple[float, float, float]]:
-    """(n, dim) matrix, metadata rows and source ids: the real rows first, then synthetic ones."""
-    real = np.asarray(demo.embeddings, dtype=np.float32)
+    """(n, dim) matrix, rows ({"uuid", **payload}) and source ids: the real rows first, then
+    synthetic ones."""
+    real = np.asarray(demo.vectors, dtype=np.float32)
     n_real, dim = real.shape
     n = max(n, n_real)
     rng = np.random.default_rng(seed)
@@ -208,58 +237,57 @@ def synthesize(
     pcts = tuple(float(x) for x in np.percentile(allcos, [5, 50, 95]))
     rows: list[dict[str, Any]] = []
     for i in range(n):
-        src_row = demo.images[int(sources[i])]
+        src = int(sources[i])
         if i < n_real:
-            rows.append({**src_row, "id": i, "embedding_index": i})
+            rows.append({"uuid": demo.ids[i], **demo.payloads[i]})
             continue
         uid = str(uuid.UUID(bytes=rng.bytes(16), version=4))
-        folder = src_row["path"].split("/", 1)[0]
-        rows.append(
-            {
-                "id": i,
-                "uuid": uid,
-                "path": f"{folder}/{uid}.jpg",
-                "scientific_name": src_row["scientific_name"],
-                "embedding_index": i,
-                "mtime_ns": src_row["mtime_ns"],
-                "size": src_row["size"],
-            }
-        )
+        folder = demo.payloads[src]["path"].split("/", 1)[0]
+        rows.append({"uuid": uid, **demo.payloads[src], "path": f"{folder}/{uid}.jpg"})
     return matrix, rows, sources, pcts  # type: ignore[return-value]
 
 
 def build_synthetic(
-    tmp: Path, demo: store.IndexData, n: int, kinds: tuple[str, ...], log: Callable[[str], None]
+    tmp: Path, demo: DemoData, n: int, kinds: tuple[str, ...], log: Callable[[str], None]
 ) -> SyntheticIndex:
-    """Synthesize `n` vectors and save one index per backend in `kinds` with `core.store`."""
+    """Synthesize `n` vectors and build one `FaissStore` per `index_type` in `kinds`."""
     matrix, rows, sources, pcts = synthesize(demo, n)
     root = tmp / "collection-100k"
     root.mkdir(parents=True, exist_ok=True)
     dirs: dict[str, Path] = {}
     build_s: dict[str, float] = {}
-    save_s: dict[str, float] = {}
-    dim = matrix.shape[1]
+    maintain_s: dict[str, float] = {}
+    ids = [row["uuid"] for row in rows]
+    payloads = [{k: v for k, v in row.items() if k != "uuid"} for row in rows]
+    info = StoreInfo(
+        demo.info.fingerprint,
+        demo.info.dim,
+        demo.info.model,
+        extra={
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "collection_root": str(root),
+            "synthetic": True,
+        },
+    )
     for kind in kinds:
-        t0 = time.perf_counter()
-        index = create_index(kind, dim)
-        index.add(matrix)
-        build_s[kind] = time.perf_counter() - t0
-        meta = {key: demo.meta.get(key) for key in ("model", "model_fingerprint", "species_count")}
-        meta.update(
-            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            generation=uuid.uuid4().hex,
-            collection_root=str(root),
-            skipped=[],
-            synthetic=True,
-        )
         dirs[kind] = tmp / f"index-{kind}"
         t0 = time.perf_counter()
-        store.save(dirs[kind], store.IndexData(rows, matrix, index, meta))
-        save_s[kind] = time.perf_counter() - t0
-        log(f"  {kind}: built in {build_s[kind]:.1f} s, saved in {save_s[kind]:.1f} s")
-        del index
+        store = FaissStore(dirs[kind], tuning=Tuning(mode=kind))
+        store.initialise(info, reset=True)
+        for start in range(0, len(rows), CHUNK):
+            stop = min(len(rows), start + CHUNK)
+            store.upsert(ids[start:stop], matrix[start:stop], payloads[start:stop])
+        t1 = time.perf_counter()
+        report = store.maintain()
+        maintain_s[kind] = time.perf_counter() - t1
+        build_s[kind] = time.perf_counter() - t0
+        store.close()
+        log(
+            f"  {kind}: built in {build_s[kind]:.1f} s (upserts {t1 - t0:.1f} s, maintain "
+            f"{maintain_s[kind]:.1f} s: {report})"
+        )
         gc.collect()
-    return SyntheticIndex(root, dirs, rows, sources, len(demo.images), build_s, save_s, pcts)
+    return SyntheticIndex(root, dirs, rows, sources, len(demo.ids), build_s, maintain_s, pcts)
 
 
 # --- 1. query latency ------------------------------------------------------------------------------
@@ -365,7 +393,7 @@ def bench_queries(
         f"Index: {synthetic.description()}",
         "",
         "| backend | end-to-end p50 | p95 | search p50 | search p95 | top-10 vs flat | "
-        "build | load | target p50<=50 / p95<=100 ms |",
+        "build (upserts + maintain) | load | target p50<=50 / p95<=100 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in kinds:
@@ -415,7 +443,7 @@ def bench_queries(
         f"`{default}`) | {ms(stages['analyze'], 50):.1f} ms | {ms(stages['analyze'], 95):.1f} ms |",
     ]
     for engine in engines.values():
-        engine.reload()
+        engine.close()
     engines.clear()
     gc.collect()
     return sec
@@ -496,7 +524,7 @@ def bench_indexing(
                     settings(images_dir=coll, index_dir=tmp / f"index-fast-{r}"), embedder=embedder
                 )
                 t0 = time.perf_counter()
-                report = engine.reindex(full=True)
+                report = engine.reindex(full=True, train="skip")
                 wall = time.perf_counter() - t0
                 if report.added != n or report.skipped:
                     raise RuntimeError(f"reindex indexed {report.added}/{n}: {report.skipped}")

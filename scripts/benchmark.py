@@ -4,9 +4,9 @@
     python scripts/benchmark.py --quick         # small, fast smoke run (numbers not meaningful)
     python scripts/benchmark.py --only engine --only bot --repeat 300
 
-Sections: engine (find_similar latency at 100k vectors, per backend and per stage), indexing
-(`Engine.reindex` vs a naive loop), models (Lite0/Lite2/V2M on ONNX Runtime and PyTorch), bot
-(many chats through the fake Bot API server). Each section of BENCHMARKS.md sits between
+Sections: engine (find_similar latency at 100k vectors in a FaissStore, per index type and per
+stage), indexing (`Engine.reindex` vs a naive loop), models (Lite0/Lite2/V2M on ONNX Runtime and
+PyTorch), bot (many chats through the fake Bot API server). Each section of BENCHMARKS.md sits between
 `<!-- bench-<name>:start -->` and `<!-- bench-<name>:end -->` markers; a run replaces only the
 sections it measured (and the summary), and keeps everything else in the file.
 """
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_engine import (  # noqa: E402
     DEFAULT_KIND,
+    DEFAULT_KINDS,
     INDEX_KINDS,
     Section,
     Target,
@@ -173,8 +174,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model-reps", type=int, help="repetitions per model config (default 5)")
     p.add_argument(
         "--index-types",
-        default=",".join(INDEX_KINDS),
-        help=f"backends to compare (default {','.join(INDEX_KINDS)})",
+        default=",".join(DEFAULT_KINDS),
+        help=f"FaissStore index types to compare, of {','.join(INDEX_KINDS)} "
+        f"(default {','.join(DEFAULT_KINDS)})",
     )
     p.add_argument("--bot-photos", type=int, help="photos per bot phase (default 200, quick 30)")
     p.add_argument("--bot-chats", type=int, default=20, help="chats sending photos (default 20)")

@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from core import store  # noqa: E402
 from core.cli import build_parser  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.index import create_index  # noqa: E402
-from core.search import SearchIndex  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from core.vectorstore import StoreInfo  # noqa: E402
+from core.vectorstore.faiss_store import FaissStore  # noqa: E402
+from kontrol.cli import register  # noqa: E402
 from kontrol.evaluation import metrics  # noqa: E402
 from kontrol.evaluation.cli import run_eval  # noqa: E402
 from kontrol.evaluation.labels import load_labels  # noqa: E402
@@ -99,15 +99,17 @@ def run_kontrol_eval(name: str, work: Path, images: Path, manifest: Path) -> dic
     """`kontrol eval --images ... --manifest ... --out <work>/<name>` with the variant's settings."""
     out = work / name
     argv = ["eval", "--images", str(images), "--manifest", str(manifest), "--out", str(out)]
-    run_eval(build_parser().parse_args(argv), settings_for(name, work))
+    run_eval(build_parser([register]).parse_args(argv), settings_for(name, work))
     return json.loads((out / "eval.json").read_text(encoding="utf-8"))
 
 
 def diagnostics(engine: Engine, coarse_of: dict[str, str | None]) -> dict[str, tuple[float, int]]:
     """Secondary coarse-group figures on the engine's stored vectors (not the official metrics)."""
-    data = engine._index().data
-    emb = np.asarray(data.embeddings, dtype=np.float32)
-    coarse = [coarse_of.get(img["path"]) for img in data.images]
+    vectors, coarse = [], []
+    for batch in engine.store.iterate():
+        vectors.append(np.asarray(batch.vectors, dtype=np.float32))
+        coarse += [coarse_of.get(payload["path"]) for payload in batch.payloads]
+    emb = np.concatenate(vectors)
     sim = metrics.similarity_matrix(emb)
     p5 = metrics.coarse_precision_at_k(sim, coarse, k=5, min_group=5)
     # Coarse mAP over every group with 2+ photos (a photo without a group never matches).
@@ -154,27 +156,36 @@ def interleaved_indexing(engines: dict[str, Engine], rounds: int) -> dict[str, f
     return {name: float(np.median(r)) for name, r in rates.items()}
 
 
-def search_100k(dims: list[int], n: int, queries: int) -> dict[int, list[float]]:
-    """ms of the engine's search step (SearchIndex.neighbours, flat_fp16) at n vectors per width."""
+def search_100k(dims: list[int], n: int, queries: int, work: Path) -> dict[int, list[float]]:
+    """ms of the engine's search step (`FaissStore.search`, default `auto` index type: IVF past
+    20k photos) at n vectors per width."""
     rng = np.random.default_rng(0)
-    indexes: dict[int, SearchIndex] = {}
+    stores: dict[int, tuple[FaissStore, np.ndarray]] = {}
     for dim in dims:
         vecs = rng.standard_normal((n, dim), dtype=np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-        index = create_index("flat_fp16", dim)
-        index.add(vecs)
-        images = [{"scientific_name": f"S{i % 500}", "path": f"{i}.jpg"} for i in range(n)]
-        data = store.IndexData(images=images, embeddings=vecs, index=index, meta={})
-        indexes[dim] = SearchIndex(data, ROOT)
+        store = FaissStore(work / f"search-{dim}")
+        store.initialise(StoreInfo(f"synthetic-{dim}", dim, "synthetic"), reset=True)
+        for start in range(0, n, 20_000):
+            stop = min(n, start + 20_000)
+            store.upsert(
+                [str(i) for i in range(start, stop)],
+                vecs[start:stop],
+                [{"species": f"S{i % 500}", "path": f"{i}.jpg"} for i in range(start, stop)],
+            )
+        store.maintain()
+        stores[dim] = (store, vecs)
     timings: dict[int, list[float]] = {dim: [] for dim in dims}
     for i in range(queries + 3):
-        for dim, index in indexes.items():
-            q = index.data.embeddings[(i * 7919) % n] + 0.05 * rng.standard_normal(dim)
+        for dim, (store, vecs) in stores.items():
+            q = vecs[(i * 7919) % n] + 0.05 * rng.standard_normal(dim)
             q = (q / np.linalg.norm(q)).astype(np.float32)
             start = time.perf_counter()
-            index.neighbours(q, 10)
+            store.search(q, 10)
             if i >= 3:  # the first calls warm caches
                 timings[dim].append((time.perf_counter() - start) * 1000)
+    for store, _ in stores.values():
+        store.close()
     return timings
 
 
@@ -231,7 +242,8 @@ NOTES = [
     "query by query (find_similar = decode + descriptor + search on the 85-photo index) and round "
     "by round (indexing = the median of full `Engine.reindex` runs over the demo, decode in "
     "threads + embedding). The 100k estimate adds the search step alone, timed on a synthetic "
-    "100k-vector `flat_fp16` index of the variant's width, to the demo's find_similar time.",
+    "100k-vector `FaissStore` (default `auto` index type: IVF at that size) of the variant's "
+    "width, to the demo's find_similar time.",
     "",
     "What the demo can and cannot show. It has 85 photos of 78 taxa: only 7 species have two "
     "photos, so species R@1 and mAP average over 14 queries (one query moves R@1 by 0.07), and only "
@@ -275,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kontrol-quality-"))
     # Share the ONNX export cache; heads trained on the demo stay in the scratch dir.
     (work / "models").mkdir()
-    (ROOT / "models" / "onnx").mkdir(parents=True, exist_ok=True)
-    (work / "models" / "onnx").symlink_to(ROOT / "models" / "onnx")
+    onnx_cache = Path(os.environ.get("KONTROL_MODELS_DIR", ROOT / "models")) / "onnx"
+    onnx_cache.mkdir(parents=True, exist_ok=True)
+    (work / "models" / "onnx").symlink_to(onnx_cache)
     try:
         evals = {}
         for name in names:
@@ -295,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = interleaved_indexing(engines, args.index_rounds)
         dims = {name: engine.embedder.dim for name, engine in engines.items()}
         log(f"search step at {args.vectors} vectors")
-        search = search_100k(sorted(set(dims.values())), args.vectors, 200)
+        search = search_100k(sorted(set(dims.values())), args.vectors, 200, work)
         results = {}
         for name in names:
             demo = (np.percentile(lat[name], 50), np.percentile(lat[name], 95))

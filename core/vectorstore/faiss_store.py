@@ -66,8 +66,9 @@ class Tuning:
     tail_max: int = 10_000
     #: Share of tombstoned rows that makes compaction worth a rewrite.
     compact_ratio: float = 0.25
-    #: Filters matching at most this many photos are answered by an exact scan of those rows.
-    filter_exact_max: int = 20_000
+    #: In the IVF tier, filters matching at most this many photos are answered by reading those
+    #: rows exactly; larger ones scan the IVF lists that hold them.
+    filter_exact_max: int = 2_000
     #: A filter whose matches sit in at most this many IVF lists scans exactly those lists.
     filter_max_lists: int = 256
     #: Candidates the approximate tier hands to float32 re-scoring (at least, and per k).
@@ -94,6 +95,9 @@ class _State:
     #: that hold matching rows.
     row_list: np.ndarray | None = None
     not_dead: Any = None  # faiss selector excluding tombstones
+    #: The exact tier's in-memory float16 copy of the rows, built on its first search.
+    exact: Any = None
+    exact_lock: threading.Lock = field(default_factory=threading.Lock)
     keep: Any = None  # arrays a faiss selector borrows must outlive it
     filters: dict[tuple, np.ndarray] = field(default_factory=dict)
 
@@ -398,6 +402,8 @@ class FaissStore(VectorStore):
             nprobe=int(meta.get("nprobe") or 1),
         )
         old = self._state
+        if old.exact is not None:
+            state.previous_exact = (old.vectors_file, old.rows, old.exact)  # type: ignore[attr-defined]
         if meta.get("ann_file"):
             if old.ann is not None and old.ann_file == meta["ann_file"]:
                 state.ann = old.ann
@@ -610,18 +616,49 @@ class FaissStore(VectorStore):
             state.filters[key] = rows
         return rows
 
+    def _exact_index(self, state: _State) -> faiss.Index:
+        """The exact tier's rows as an in-memory float16 flat index (half the bytes; re-scored in
+        float32), built once per generation from sequential reads, extended from the previous
+        generation's copy when rows were only appended."""
+        with state.exact_lock:
+            if state.exact is not None:
+                return state.exact
+            dim = state.vectors.shape[1]
+            old = getattr(state, "previous_exact", None)
+            if old is not None and old[0] == state.vectors_file and old[1] <= state.rows:
+                index, start = faiss.clone_index(old[2]), old[1]
+            else:
+                index = faiss.IndexScalarQuantizer(
+                    dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+                )
+                start = 0
+            for lo in range(start, state.rows, 65536):
+                index.add(state.vectors[lo : min(state.rows, lo + 65536)])
+            state.exact = index
+            if old is not None:
+                del state.previous_exact  # type: ignore[attr-defined]
+            return index
+
     def _exact(
         self, state: _State, queries: np.ndarray, k: int, subset: np.ndarray | None
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Brute force over all live rows (or `subset`), chunked; exact top-k."""
-        if subset is None:
-            live = np.ones(state.rows, bool)
-            live[state.dead[state.dead < state.rows]] = False
-            candidates = np.flatnonzero(live)
-        else:
-            candidates = subset
-        top = faiss_ann.exact_neighbours(state.vectors, candidates, queries, k)
-        return self._rescore(state, queries, [t[t >= 0] for t in top], k)
+        """Exact top-k over all live rows (or `subset`): the float16 copy picks a short list,
+        float32 re-scoring orders it."""
+        shortlist = max(self.tuning.shortlist_min, self.tuning.shortlist_per_k * k)
+        if state.ann is not None and subset is not None:
+            # IVF tier, a small filter: read just those rows
+            top = faiss_ann.exact_neighbours(state.vectors, subset, queries, k)
+            return self._rescore(state, queries, [t[t >= 0] for t in top], k)
+        index = self._exact_index(state)
+        params = None
+        keep = None
+        if subset is not None:
+            keep = faiss.IDSelectorBatch(subset)
+            params = faiss.SearchParameters(sel=keep)
+        elif state.not_dead is not None:
+            params = faiss.SearchParameters(sel=state.not_dead)
+        _, found = index.search(queries, min(shortlist, state.rows), params=params)
+        return self._rescore(state, queries, [r[r >= 0] for r in found], k)
 
     def _approximate(
         self,

@@ -55,20 +55,36 @@ def _load_query(path: str, settings: Settings):
     )
 
 
+#: Shown like the bot shows them: never certainty, no candidate under 5 %.
+MAX_SHOWN, MIN_SHOWN = 0.99, 0.05
+
+
+def _pct(p: float) -> str:
+    return f"{min(float(p), MAX_SHOWN) * 100:.0f}%"
+
+
 def format_classification(result: dict[str, Any]) -> str:
     """Human-readable classification (shared by `classify`, `run` and `search`)."""
     lines = []
+    note = "" if result.get("calibrated", True) else " (uncalibrated: run `kontrol train`)"
+    rank, taxon = result.get("rank"), result.get("taxon")
     if result.get("species"):
-        lines.append(f"Species: {result['species']} ({result['confidence'] * 100:.0f}% confidence)")
+        lines.append(f"Species: {result['species']} ({_pct(result['confidence'])}){note}")
+    elif rank and taxon:
+        likely = result.get("likely_species")
+        tail = f", probably {likely}" if likely else ""
+        conf = result.get("taxon_confidence", result.get("confidence", 0.0))
+        lines.append(f"The {rank} {taxon} ({_pct(conf)}){tail}{note}")
     else:
         lines.append("Species: not sure - closest candidates below")
     for name, p in result.get("probabilities", {}).items():
-        lines.append(f"  {p * 100:5.1f}%  {name}")
+        if p >= MIN_SHOWN:
+            lines.append(f"  {_pct(p):>4}  {name}")
     fallback = result.get("fallback")
     if fallback:
         lines.append(
             f"ImageNet guess (not from your collection): {fallback.get('species')} "
-            f"({fallback.get('confidence', 0) * 100:.0f}%)"
+            f"({_pct(fallback.get('confidence', 0))})"
         )
     return "\n".join(lines)
 

@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("No collection configured: building the demo collection (gcompris-qt-data)...")
         print(build_demo_collection(DEFAULT_DEMO_DIR))
     engine = Engine(settings)
-    report = engine.reindex(show_bar=True, train="background")
+    # the head and the calibrator before the demo answer, so its confidence is calibrated
+    report = engine.reindex(show_bar=True, train="sync")
     print(
         f"Index: {report.total} photos of {engine.stats()['species_count']} species "
         f"({report.added} embedded now, {len(report.skipped)} skipped)."

@@ -375,3 +375,30 @@ def test_non_animal_photos_count_as_open_set_queries(tmp_path: Path) -> None:
     assert result["queries"]["non_animal_not_sure_rate"] == 3
     # the third "negative" is almost the red species: answered, so 2 of 3 are "not sure"
     assert result["non_animal_not_sure_rate"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_evaluate_uses_the_stored_vectors_it_is_given(tmp_path: Path) -> None:
+    """What is measured is what is served: originals come from the index, not a second pass."""
+    _write_collection(tmp_path, {"A_a": (3, (250, 0, 0)), "B_b": (3, (0, 0, 250))})
+    photos = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.jpg"))
+    embedded: list[int] = []
+
+    def counting_embed(images: list[Image.Image]) -> np.ndarray:
+        embedded.append(len(images))
+        return _toy_embed(images)
+
+    # stored vectors that differ from what the pixels would give: the run must not re-embed
+    swap = {
+        rel: _toy_embed([Image.new("RGB", (8, 8), (0, 0, 250) if "A_a" in rel else (250, 0, 0))])[0]
+        for rel in photos
+    }
+    result = evaluate(
+        tmp_path,
+        embed_fn=counting_embed,
+        near_duplicates=False,
+        latency_queries=0,
+        stored=swap,
+    )
+    assert sum(embedded) == 0  # nothing embedded a second time
+    assert result["timing"]["vectors_from_index"] == 6
+    assert result["indexing_photos_per_s"] is None

@@ -67,6 +67,12 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     # The head is not fitted here: evaluation never writes into the user's models directory.
     index_report = engine.reindex(train="skip")
     embedder = engine.embedder
+    # the vectors the engine stored, so eval measures what is served (no second embedding pass)
+    stored = {
+        str(payload.get("path")): vector
+        for batch in engine.store.iterate()
+        for payload, vector in zip(batch.payloads, batch.vectors, strict=True)
+    }
     result = evaluate(
         Path(args.images),
         args.manifest,
@@ -94,6 +100,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         min_probability=settings.classify_min_probability,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
+        stored=stored,
     )
     print(
         f"engine index: {index_report.total} photos, {index_report.images_per_s:.1f} photos/s "

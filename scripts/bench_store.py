@@ -766,10 +766,16 @@ def targets(r: dict) -> str:
             verdict(s1["rss_engine"], 3 * 1024**3),
         )
         add_row("start-up <= 5 s", f"{s1['startup_s']:.2f} s", verdict(s1["startup_s"], 5))
-        extra = max(s2["smaps"]["USS"], r["second_mem_available_drop"])
+        # What a second process costs the machine: its own (anonymous) memory, and whatever it
+        # made the kernel hold on top (MemAvailable drop). Its USS also counts the pages of the
+        # memory-mapped IVF file that both processes share in the page cache, so USS is shown
+        # but not judged.
+        anon2 = s2["smaps"].get("Anonymous", 0)
+        extra = max(anon2, r["second_mem_available_drop"])
         add_row(
             "second serving process adds <= 0.5 GB",
-            f"USS {gb(s2['smaps']['USS'])}, MemAvailable drop {gb(r['second_mem_available_drop'])}",
+            f"anonymous {gb(anon2)}, MemAvailable drop {gb(r['second_mem_available_drop'])} "
+            f"(USS {gb(s2['smaps']['USS'])}: includes the shared mmap'd IVF file)",
             verdict(extra, 0.5 * 1024**3),
         )
         add_row("full build <= 10 min", f"{b['build_s'] / 60:.1f} min", verdict(b["build_s"], 600))

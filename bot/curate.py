@@ -274,15 +274,27 @@ async def drop_buttons(query: CallbackQuery, markup: InlineKeyboardMarkup | None
             log.info("Could not update the buttons: %s", exc)
 
 
-async def on_add_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """add:<token>:n (as new), add:<token>:<i> (suggestion i), add:<token>:x (cancel)."""
+async def _admin_button(
+    update: Update, context: ContextTypes.DEFAULT_TYPE
+) -> tuple[CallbackQuery, Services, Lang] | None:
+    """The pressed button's query, services and language when an admin pressed it; a refusal
+    toast (and None) for anyone else."""
     query = update.callback_query
     if query is None:
-        return
+        return None
     svc, lang = get_services(context), lang_of(query.from_user)
     if not svc.is_admin(query.from_user.id):
         await query.answer(t(lang, "admin_only"), show_alert=True)
+        return None
+    return query, svc, lang
+
+
+async def on_add_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """add:<token>:n (as new), add:<token>:<i> (suggestion i), add:<token>:x (cancel)."""
+    admin = await _admin_button(update, context)
+    if admin is None:
         return
+    query, svc, lang = admin
     _, token, choice = (query.data or "::").split(":", 2)
     data = await asyncio.to_thread(svc.state.get_pending, token, "add")
     if data is None:
@@ -466,13 +478,10 @@ async def on_review(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 async def on_review_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """rv:<answer id>:a (accept: add the photo under the corrected species) or :r (reject)."""
-    query = update.callback_query
-    if query is None:
+    admin = await _admin_button(update, context)
+    if admin is None:
         return
-    svc, lang = get_services(context), lang_of(query.from_user)
-    if not svc.is_admin(query.from_user.id):
-        await query.answer(t(lang, "admin_only"), show_alert=True)
-        return
+    query, svc, lang = admin
     try:
         _, sid, action = (query.data or "").split(":")
         answer_id = int(sid)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import IndexMismatchError
-from core.vectorstore.base import Hit, ReadOnlyStoreError, StoreInfo, Where
+from core.vectorstore.base import Hit, ReadOnlyStoreError, StoreInfo, VectorStore, Where
 
 #: Suffix of the reserved collection that holds a store's `StoreInfo`.
 META_SUFFIX = "__kontrol_meta"
@@ -138,6 +138,22 @@ def exact_rank(
         order = np.argsort(-row, kind="stable")[:k]
         out.append([Hit(ids[j], float(row[j]), dict(payloads[j])) for j in order])
     return out
+
+
+def exact_search(
+    store: VectorStore, queries: np.ndarray, k: int, where: Mapping[str, Any] | None
+) -> list[list[Hit]]:
+    """Rank every record matching `where` exactly (the fallback behind a native filtered ANN)."""
+    ids: list[str] = []
+    vecs: list[np.ndarray] = []
+    payloads: list[dict[str, Any]] = []
+    for batch in store.iterate(vectors=True, where=where):
+        ids.extend(batch.ids)
+        payloads.extend(batch.payloads)
+        assert batch.vectors is not None
+        vecs.append(batch.vectors)
+    matrix = np.concatenate(vecs) if vecs else np.zeros((0, queries.shape[1]), np.float32)
+    return exact_rank(queries, ids, matrix, payloads, k)
 
 
 def scrub(text: str, secret: str | None) -> str:

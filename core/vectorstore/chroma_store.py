@@ -36,7 +36,7 @@ from core.vectorstore._common import (
     META_SUFFIX,
     check_records,
     chunks,
-    exact_rank,
+    exact_search,
     info_from_json,
     info_to_json,
     matches_nothing,
@@ -302,16 +302,7 @@ class ChromaStore(VectorStore):
         return rows
 
     def _exact(self, q: np.ndarray, k: int, where: Mapping[str, Any] | None) -> list[list[Hit]]:
-        ids: list[str] = []
-        vecs: list[np.ndarray] = []
-        payloads: list[dict[str, Any]] = []
-        for batch in self.iterate(vectors=True, where=where):
-            ids.extend(batch.ids)
-            payloads.extend(batch.payloads)
-            assert batch.vectors is not None
-            vecs.append(batch.vectors)
-        matrix = np.concatenate(vecs) if vecs else np.zeros((0, q.shape[1]), np.float32)
-        return exact_rank(q, ids, matrix, payloads, k)
+        return exact_search(self, q, k, where)
 
     def fetch(self, ids: Sequence[str]) -> Batch:
         dim = self._dim()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 
-from core.errors import IndexMismatchError
+from core.errors import IndexMismatchError, IndexMissingError
 from core.vectorstore.base import Hit, ReadOnlyStoreError, StoreInfo, VectorStore, Where
 
 #: Suffix of the reserved collection that holds a store's `StoreInfo`.
@@ -138,6 +138,41 @@ def exact_rank(
         order = np.argsort(-row, kind="stable")[:k]
         out.append([Hit(ids[j], float(row[j]), dict(payloads[j])) for j in order])
     return out
+
+
+def not_indexed(describe: str) -> IndexMissingError:
+    """The one sentence for a store nobody has indexed into yet."""
+    return IndexMissingError(
+        f"No index in {describe}: the collection is not indexed yet. Run `kontrol index`."
+    )
+
+
+class InfoStoreMixin:
+    """What the database backends share around the `StoreInfo` they keep in the store itself.
+
+    A backend provides `read_only`, `info()`, `describe()` and `_write_info(info)`.
+    """
+
+    read_only: bool
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise read_only_error(self.describe())  # type: ignore[attr-defined]
+
+    def _dim(self) -> int:
+        info = self.info()  # type: ignore[attr-defined]
+        if info is None:
+            raise not_indexed(self.describe())  # type: ignore[attr-defined]
+        return info.dim
+
+    def set_extra(self, values: Mapping[str, Any]) -> None:
+        self._writable()
+        info = self.info()  # type: ignore[attr-defined]
+        if info is None:
+            where = self.describe()  # type: ignore[attr-defined]
+            raise IndexMissingError(f"No index in {where}; initialise it first.")
+        extra = {**info.extra, **dict(values)}
+        self._write_info(replace(info, extra=extra, generation=new_generation()))  # type: ignore[attr-defined]
 
 
 def exact_search(

@@ -30,10 +30,10 @@ import numpy as np
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
 
-from core.errors import IndexMissingError
 from core.vectorstore._common import (
     FILTER_EXACT_MAX,
     META_SUFFIX,
+    InfoStoreMixin,
     check_records,
     chunks,
     exact_search,
@@ -43,7 +43,7 @@ from core.vectorstore._common import (
     mismatch,
     new_generation,
     normalise_where,
-    read_only_error,
+    not_indexed,
 )
 from core.vectorstore.base import (
     Batch,
@@ -66,7 +66,7 @@ INFO_ID = "info"
 HNSW = {"space": "cosine", "ef_construction": 200, "ef_search": 128, "max_neighbors": 16}
 
 
-class ChromaStore(VectorStore):
+class ChromaStore(InfoStoreMixin, VectorStore):
     """See the module docstring."""
 
     backend = "chroma"
@@ -122,24 +122,8 @@ class ChromaStore(VectorStore):
         if self._data is None:
             self._data = self._get(self.collection_name)
         if self._data is None:
-            raise IndexMissingError(
-                f"No index in {self.describe()}: the collection is not indexed yet. "
-                "Run `kontrol index`."
-            )
+            raise not_indexed(self.describe())
         return self._data
-
-    def _writable(self) -> None:
-        if self.read_only:
-            raise read_only_error(self.describe())
-
-    def _dim(self) -> int:
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(
-                f"No index in {self.describe()}: the collection is not indexed yet. "
-                "Run `kontrol index`."
-            )
-        return info.dim
 
     def _write_info(self, info: StoreInfo) -> None:
         meta = self._meta_collection()
@@ -213,14 +197,6 @@ class ChromaStore(VectorStore):
             embedding_function=None,
         )
         self._write_info(replace(info, generation=new_generation()))
-
-    def set_extra(self, values: Mapping[str, Any]) -> None:
-        self._writable()
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(f"No index in {self.describe()}; initialise it first.")
-        extra = {**info.extra, **dict(values)}
-        self._write_info(replace(info, extra=extra, generation=new_generation()))
 
     # --- records -------------------------------------------------------------------------------
     def _batch_size(self) -> int:

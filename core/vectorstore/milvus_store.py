@@ -46,8 +46,9 @@ import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from core.errors import ConfigError, IndexMissingError, KontrolError
+from core.errors import ConfigError, KontrolError
 from core.vectorstore._common import (
+    InfoStoreMixin,
     check_records,
     chunks,
     exact_search,
@@ -57,7 +58,6 @@ from core.vectorstore._common import (
     mismatch,
     new_generation,
     normalise_where,
-    read_only_error,
     scrub,
 )
 from core.vectorstore.base import (
@@ -173,7 +173,7 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class MilvusStore(VectorStore):
+class MilvusStore(InfoStoreMixin, VectorStore):
     """See the module docstring."""
 
     backend = "milvus"
@@ -274,19 +274,6 @@ class MilvusStore(VectorStore):
                 timeout=self.timeout,
             )
 
-    def _writable(self) -> None:
-        if self.read_only:
-            raise read_only_error(self.describe())
-
-    def _dim(self) -> int:
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(
-                f"No index in {self.describe()}: the collection is not indexed yet. "
-                "Run `kontrol index`."
-            )
-        return info.dim
-
     def _create(self, name: str, dim: int, index_type: str, params: dict[str, Any]) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_LENGTH)
@@ -356,14 +343,6 @@ class MilvusStore(VectorStore):
                 self.client.drop_collection(self.collection, timeout=self.timeout)
             self._create(self.collection, int(info.dim), "HNSW", dict(HNSW_BUILD))
         self._write_info(replace(info, generation=new_generation()))
-
-    def set_extra(self, values: Mapping[str, Any]) -> None:
-        self._writable()
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(f"No index in {self.describe()}; initialise it first.")
-        extra = {**info.extra, **dict(values)}
-        self._write_info(replace(info, extra=extra, generation=new_generation()))
 
     # --- records -------------------------------------------------------------------------------
     def upsert(

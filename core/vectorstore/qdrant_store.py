@@ -36,9 +36,10 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from core.errors import IndexBusyError, IndexMissingError, KontrolError
+from core.errors import IndexBusyError, KontrolError
 from core.vectorstore._common import (
     META_SUFFIX,
+    InfoStoreMixin,
     check_records,
     chunks,
     info_from_json,
@@ -47,7 +48,7 @@ from core.vectorstore._common import (
     mismatch,
     new_generation,
     normalise_where,
-    read_only_error,
+    not_indexed,
     scrub,
 )
 from core.vectorstore.base import (
@@ -121,7 +122,7 @@ def _public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-class QdrantStore(VectorStore):
+class QdrantStore(InfoStoreMixin, VectorStore):
     """See the module docstring."""
 
     backend = "qdrant"
@@ -217,24 +218,8 @@ class QdrantStore(VectorStore):
     @property
     def client(self) -> QdrantClient:
         if self._client is None:
-            raise IndexMissingError(
-                f"No index in {self.describe()}: the collection is not indexed yet. "
-                "Run `kontrol index`."
-            )
+            raise not_indexed(self.describe())
         return self._client
-
-    def _writable(self) -> None:
-        if self.read_only:
-            raise read_only_error(self.describe())
-
-    def _dim(self) -> int:
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(
-                f"No index in {self.describe()}: the collection is not indexed yet. "
-                "Run `kontrol index`."
-            )
-        return info.dim
 
     def _write_info(self, info: StoreInfo) -> None:
         with self._guard():
@@ -312,14 +297,6 @@ class QdrantStore(VectorStore):
                         self.collection, name, models.PayloadSchemaType.KEYWORD, wait=True
                     )
         self._write_info(replace(info, generation=new_generation()))
-
-    def set_extra(self, values: Mapping[str, Any]) -> None:
-        self._writable()
-        info = self.info()
-        if info is None:
-            raise IndexMissingError(f"No index in {self.describe()}; initialise it first.")
-        extra = {**info.extra, **dict(values)}
-        self._write_info(replace(info, extra=extra, generation=new_generation()))
 
     # --- records -------------------------------------------------------------------------------
     def upsert(

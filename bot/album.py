@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from telegram import Bot, InputMediaPhoto, Message, ReplyParameters
 from telegram.constants import ParseMode
@@ -21,7 +21,11 @@ from telegram.error import BadRequest
 from bot.file_ids import FileIdStore
 from bot.formatting import album_caption
 from bot.i18n import Lang
+from bot.names import with_common_names
 from bot.thumbs import PhotoKey, ThumbnailCache
+
+if TYPE_CHECKING:
+    from bot.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -148,3 +152,28 @@ async def send_album(
         ]
         await asyncio.to_thread(on_sent, sent)
     return len(messages)
+
+
+async def send_collection_album(
+    bot: Bot,
+    svc: Services,
+    message: Message,
+    lang: Lang,
+    hits: list[dict[str, Any]],
+) -> int:
+    """Collection photos as an album the way every answer sends them: common names in the
+    captions, the cached thumbnails and file_ids, and each sent photo remembered so that /remove
+    can be answered to it. Returns how many photos were sent."""
+    if not hits:
+        return 0
+    named = await asyncio.to_thread(with_common_names, hits, lang, svc.names)
+    return await send_album(
+        bot,
+        message.chat_id,
+        named,
+        lang,
+        thumbs=svc.thumbs,
+        file_ids=svc.file_ids,
+        reply_to=message.message_id,
+        on_sent=lambda pairs: svc.state.remember_album(message.chat_id, pairs),
+    )

@@ -21,11 +21,10 @@ from telegram.error import BadRequest
 from telegram.ext import ContextTypes
 
 from bot import fallbacks
-from bot.album import MAX_ALBUM, send_album
+from bot.album import MAX_ALBUM, send_collection_album
 from bot.curate import drop_buttons, in_private
 from bot.i18n import Lang, lang_of, raw, t
 from bot.inputs import ImageRef, InputProblem, decode, download
-from bot.names import with_common_names
 from bot.replies import reply
 from bot.services import Services, get_services
 from bot.state import Answer
@@ -252,20 +251,7 @@ async def on_browse_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -
         log.info("Browsing answer %s failed: %s", answer_id, exc)
         await reply(message, t(lang, "browse_none"))
         return
-    hits = await asyncio.to_thread(with_common_names, hits[offset:], lang, svc.names)
-    sent = 0
-    if hits:
-        sent = await send_album(
-            context.bot,
-            message.chat_id,
-            hits,
-            lang,
-            thumbs=svc.thumbs,
-            file_ids=svc.file_ids,
-            reply_to=message.message_id,
-            on_sent=lambda pairs: svc.state.remember_album(message.chat_id, pairs),
-        )
-    if not sent:
+    if not await send_collection_album(context.bot, svc, message, lang, hits[offset:]):
         await reply(message, t(lang, "browse_none"))
     if action.startswith("m"):
         fresh = await asyncio.to_thread(svc.state.answer, answer_id)

@@ -17,13 +17,13 @@ from telegram import Message, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
-from bot.album import send_album
+from bot.album import send_collection_album
 from bot.answers import send_species_answer
 from bot.chat_action import chat_action
 from bot.formatting import classification_text, unknown_species_text
 from bot.i18n import Lang, lang_of, t
 from bot.inputs import InputProblem, decode, download, has_media, image_ref
-from bot.names import name_line, with_common_names
+from bot.names import name_line
 from bot.replies import not_indexed_text, reply
 from bot.services import Services, get_services
 from core.errors import (
@@ -170,18 +170,5 @@ async def _send_hits(
     lang: Lang,
     hits: list[dict[str, Any]],
 ) -> None:
-    sent = 0
-    if hits:
-        hits = await asyncio.to_thread(with_common_names, hits, lang, svc.names)
-        sent = await send_album(
-            context.bot,
-            message.chat_id,
-            hits,
-            lang,
-            thumbs=svc.thumbs,
-            file_ids=svc.file_ids,
-            reply_to=message.message_id,
-            on_sent=lambda pairs: svc.state.remember_album(message.chat_id, pairs),
-        )
-    if not sent:
+    if not await send_collection_album(context.bot, svc, message, lang, hits):
         await reply(message, t(lang, "no_similar"))

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_file
 from core.classify import TEMPERATURE, vote_shares
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,6 @@ class VoteCalibrator:
     def save(self, models_dir: Path) -> Path:
         """Write `<models_dir>/vote_calibration.json` atomically."""
         models_dir = Path(models_dir)
-        models_dir.mkdir(parents=True, exist_ok=True)
         body = {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -96,16 +94,8 @@ class VoteCalibrator:
             "report": self.report,
         }
         target = models_dir / CALIBRATION_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".vote_calibration-", suffix=".tmp", dir=models_dir)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(body, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target, "w", encoding="utf-8") as handle:
+            json.dump(body, handle, indent=2)
         return target
 
 

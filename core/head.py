@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.atomic import atomic_file
 from core.errors import KontrolError
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,6 @@ class SpeciesHead:
     def save(self, models_dir: Path) -> Path:
         """Write `<models_dir>/species_head.npz` atomically (temp file, fsync, rename)."""
         models_dir = Path(models_dir)
-        models_dir.mkdir(parents=True, exist_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
             "fingerprint": self.fingerprint,
@@ -102,23 +100,15 @@ class SpeciesHead:
             "report": self.report,
         }
         target = models_dir / HEAD_FILE
-        fd, tmp = tempfile.mkstemp(prefix=".species_head-", suffix=".tmp", dir=models_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    weight=self.weight.astype(np.float32),
-                    bias=self.bias.astype(np.float32),
-                    mean=self.mean.astype(np.float32),
-                    classes=np.array(self.classes, dtype=str),
-                    meta=np.array(json.dumps(meta, ensure_ascii=False)),
-                )
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(target) as handle:
+            np.savez(
+                handle,
+                weight=self.weight.astype(np.float32),
+                bias=self.bias.astype(np.float32),
+                mean=self.mean.astype(np.float32),
+                classes=np.array(self.classes, dtype=str),
+                meta=np.array(json.dumps(meta, ensure_ascii=False)),
+            )
         return target
 
 

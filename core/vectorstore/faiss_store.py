@@ -176,6 +176,7 @@ class FaissStore(VectorStore):
         self._local = threading.local()
         self._state = _State()
         self._state_lock = threading.Lock()
+        self._info_cache: tuple[str, StoreInfo] | None = None
         self._writer_fd: int | None = None
         self._writer_depth = 0
         self._writer_thread_lock = threading.RLock()
@@ -208,10 +209,16 @@ class FaissStore(VectorStore):
 
     # --- info ----------------------------------------------------------------------------------
     def info(self) -> StoreInfo | None:
+        """The stored info; re-read (every meta value decoded) only when the generation moved,
+        since the engine asks on every query."""
+        generation = self._generation()
+        cached = self._info_cache
+        if cached is not None and generation and cached[0] == generation:
+            return cached[1]
         meta = self._meta()
         if "fingerprint" not in meta:
             return None
-        return StoreInfo(
+        info = StoreInfo(
             fingerprint=meta["fingerprint"],
             dim=int(meta["dim"]),
             model=meta.get("model", ""),
@@ -219,6 +226,8 @@ class FaissStore(VectorStore):
             generation=meta.get("generation", ""),
             extra=dict(meta.get("extra") or {}),
         )
+        self._info_cache = (info.generation, info)
+        return info
 
     def check(self, fingerprint: str, dim: int) -> StoreInfo:
         info = super().check(fingerprint, dim)

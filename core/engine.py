@@ -65,7 +65,7 @@ class Engine:
         self._embedder_loaded = False
         self._head: tuple[str, SpeciesHead | None] | None = None
         self._calibrator: tuple[str, VoteCalibrator | None] | None = None
-        self._species: tuple[str, dict[str, int]] | None = None
+        self._field_counts: tuple[str, dict[str, dict[str, int]]] | None = None
         self._count: tuple[str, int] | None = None
         self._seen_generation: str | None = None
         self._head_thread: threading.Thread | None = None
@@ -163,12 +163,21 @@ class Engine:
 
     def species_counts(self) -> dict[str, int]:
         """Photos per species of the served index (cached per store generation)."""
+        return self.field_counts("species")
+
+    def field_counts(self, field_name: str) -> dict[str, int]:
+        """Photos per value of a payload field (species, genus, ...), cached per generation:
+        a GROUP BY over the whole store is not work for every query."""
         store, generation = self._checked_store()
-        cached = self._species
+        cached = self._field_counts
         if cached is None or cached[0] != generation:
-            cached = (generation, store.values("species"))
-            self._species = cached
-        return cached[1]
+            cached = (generation, {})
+            self._field_counts = cached
+        counts = cached[1].get(field_name)
+        if counts is None:
+            counts = store.values(field_name)
+            cached[1][field_name] = counts
+        return counts
 
     def resolve_species(self, name: str) -> str:
         """Map user input (`canis_lupus`, `Canis  Lupus`) to the collection's species name."""
@@ -195,11 +204,10 @@ class Engine:
             return {"species": self.resolve_species(name)}
         except UnknownSpeciesError as exc:
             species_error = exc
-        store, _ = self._checked_store()
         key = normalize_species(name)
         everything: dict[str, str] = {}
         for rank in ("genus", "family", "order", "class"):
-            values = {normalize_species(v): v for v in store.values(rank)}
+            values = {normalize_species(v): v for v in self.field_counts(rank)}
             if key in values:
                 return {rank: values[key]}
             everything.update(values)
@@ -424,7 +432,7 @@ class Engine:
                 allow_empty=allow_empty,
             )
             self.store.refresh()  # serve the new generation now
-            self._species = None
+            self._field_counts = None
         finally:
             self._reindex_lock.release()
         if train == "sync":

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw
+
+from kontrol import sheets
 
 THUMB = 160
 BORDER = 6
@@ -46,27 +48,6 @@ class SheetRow:
     neighbours: Sequence[Neighbour]
 
 
-def _font(size: int = 13) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _thumbnail(path: Path, side: int) -> Image.Image:
-    """The whole photo fitted into a square; a grey tile if it cannot be read."""
-    tile = Image.new("RGB", (side, side), (235, 235, 235))
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (side, side))
-            photo = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (side, side))
-    except (OSError, ValueError):
-        ImageDraw.Draw(tile).text((8, side // 2 - 8), "unreadable", fill=DIFF_COLOUR, font=_font())
-        return tile
-    tile.paste(photo, ((side - photo.width) // 2, (side - photo.height) // 2))
-    return tile
-
-
 def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     """Shorten with an ellipsis until the caption fits under its tile."""
     if draw.textlength(text, font=font) <= width:
@@ -79,7 +60,7 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> st
 def contact_sheet(path: Path | str, rows: Sequence[SheetRow], top: int = 5) -> Path:
     """PNG grid: per row the query (blue border) then `top` neighbours with similarity captions."""
     path = Path(path)
-    font, bold = _font(13), _font(15)
+    font, bold = sheets.font(13), sheets.font(15)
     cell_w, cell_h = THUMB + 2 * BORDER, THUMB + 2 * BORDER + CAPTION_H
     width = GAP + (top + 1) * (cell_w + GAP)
     height = HEADER_H + GAP + max(len(rows), 1) * (cell_h + GAP)
@@ -97,7 +78,7 @@ def contact_sheet(path: Path | str, rows: Sequence[SheetRow], top: int = 5) -> P
         for col, (img_path, label, sim, colour) in enumerate(cells):
             x = GAP + col * (cell_w + GAP)
             draw.rectangle((x, y, x + cell_w - 1, y + THUMB + 2 * BORDER - 1), fill=colour)
-            sheet.paste(_thumbnail(img_path, THUMB), (x + BORDER, y + BORDER))
+            sheet.paste(sheets.thumbnail(img_path, THUMB), (x + BORDER, y + BORDER))
             line2 = "query" if sim is None else f"similarity {sim:.3f}"
             ty = y + THUMB + 2 * BORDER + 2
             draw.text((x, ty), _fit_text(draw, label, font, cell_w), fill=TEXT_COLOUR, font=font)

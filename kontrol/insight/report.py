@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw
 
 from core.insight import Insight
+from kontrol import sheets
 
 THUMB = 150
 BORDER = 5
@@ -44,27 +45,6 @@ class Tile:
     colour: tuple[int, int, int] = NEUTRAL
 
 
-def _font(size: int = 12) -> Any:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _thumbnail(path: Path, side: int) -> Image.Image:
-    """The whole photo fitted in a square; a grey tile saying so when it cannot be read."""
-    tile = Image.new("RGB", (side, side), (235, 235, 235))
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (side, side))
-            photo = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (side, side))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        ImageDraw.Draw(tile).text((8, side // 2 - 8), "unreadable", fill=OTHER, font=_font())
-        return tile
-    tile.paste(photo, ((side - photo.width) // 2, (side - photo.height) // 2))
-    return tile
-
-
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
     if draw.textlength(text, font=font) <= width:
         return text
@@ -76,7 +56,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 def contact_sheet(path: Path, title: str, tiles: Sequence[Tile], columns: int = COLUMNS) -> Path:
     """PNG grid of captioned thumbnails (species, path, note) under a title line."""
     tiles = list(tiles)[:MAX_TILES]
-    font, bold = _font(12), _font(14)
+    font, bold = sheets.font(12), sheets.font(14)
     cell_w, cell_h = THUMB + 2 * BORDER, THUMB + 2 * BORDER + CAPTION_H
     cols = max(1, min(columns, len(tiles)))
     rows = max(1, -(-len(tiles) // cols))
@@ -88,7 +68,7 @@ def contact_sheet(path: Path, title: str, tiles: Sequence[Tile], columns: int = 
         x = GAP + (n % cols) * (cell_w + GAP)
         y = TITLE_H + (n // cols) * (cell_h + GAP)
         draw.rectangle((x, y, x + cell_w - 1, y + THUMB + 2 * BORDER - 1), fill=tile.colour)
-        sheet.paste(_thumbnail(tile.path, THUMB), (x + BORDER, y + BORDER))
+        sheet.paste(sheets.thumbnail(tile.path, THUMB), (x + BORDER, y + BORDER))
         ty = y + THUMB + 2 * BORDER + 2
         draw.text((x, ty), _fit(draw, tile.species, font, cell_w), fill=TEXT, font=font)
         draw.text((x, ty + 15), _fit(draw, tile.rel, font, cell_w), fill=TEXT, font=font)

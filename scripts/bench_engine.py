@@ -11,6 +11,7 @@ import gc
 import os
 import platform
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,11 @@ from core.vectorstore import StoreInfo
 from core.vectorstore.faiss_store import FaissStore, Tuning
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Where benchmarks keep their ONNX exports: KONTROL_MODELS_DIR, or a scratch folder that lasts
+#: between runs; never the repository's (the user's) models/.
+BENCH_MODELS = Path(
+    os.environ.get("KONTROL_MODELS_DIR", Path(tempfile.gettempdir()) / "kontrol-bench-models")
+)
 DEMO = ROOT / "data" / "demo"
 #: `index_type` of the FaissStore: auto (exact scan up to 20k photos, IVF past it), flat (always
 #: an exact scan), ivf (always IVF; the same as auto at 100k).
@@ -126,7 +132,7 @@ def machine_info() -> dict[str, str]:
 def settings(**overrides: Any) -> Settings:
     """Default settings (no .env) with the repo's model cache (or KONTROL_MODELS_DIR), plus
     overrides."""
-    overrides.setdefault("models_dir", Path(os.environ.get("KONTROL_MODELS_DIR", ROOT / "models")))
+    overrides.setdefault("models_dir", BENCH_MODELS)
     return load_settings(_env_file=None, **overrides)
 
 
@@ -670,7 +676,7 @@ def bench_models(tmp: Path, reps: int, log: Callable[[str], None], quick: bool =
     runs: list[ModelRun] = []
     rng = np.random.default_rng(0)
     for model, batches, random_weights in plan:
-        models_dir = tmp / "models-random" if random_weights else ROOT / "models"
+        models_dir = tmp / "models-random" if random_weights else BENCH_MODELS
         embedders: dict[str, Embedder] = {}
         load_s: dict[str, float] = {}
         for runtime in ("onnx", "torch"):

@@ -16,14 +16,16 @@ Procedure (issue 9), all held-out:
    a genus/family/order answer, and how often that taxon is right.
 
 Run: PYTHONPATH=. python scripts/choose_defaults.py [--images data/demo] [--target 0.85]
-(uses the configured model; set KONTROL_MODELS_DIR to a scratch folder to keep exports apart).
+(uses the configured model; its export cache goes to KONTROL_MODELS_DIR or a scratch folder, never models/).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,11 +52,21 @@ WINDOW = 0.05
 MIN_NAMED = 10  # a threshold naming fewer queries proves nothing
 
 
+def _settings():
+    """The configured settings, but the model's export cache goes to KONTROL_MODELS_DIR or a
+    scratch folder: choosing defaults never writes into the user's models/."""
+    settings = get_settings()
+    if "KONTROL_MODELS_DIR" not in os.environ:
+        scratch = Path(tempfile.gettempdir()) / "kontrol-bench-models"
+        settings = settings.model_copy(update={"models_dir": scratch})
+    return settings
+
+
 def embed_collection(
     images: Path, manifest: Path | None
 ) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """(vectors, labels, group, is_original) of every photo and its six copies."""
-    settings = get_settings()
+    settings = _settings()
     embedder = embedders.create_embedder(settings)
     embedder.load()
     photos = load_labels(images, manifest)
@@ -97,7 +109,7 @@ def main() -> int:
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
-    settings = get_settings()
+    settings = _settings()
     images = Path(args.images)
     manifest = Path(args.manifest) if args.manifest else (images / "manifest.csv")
     started = time.perf_counter()

@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="kontrol-quality-"))
     # Share the ONNX export cache; heads trained on the demo stay in the scratch dir.
     (work / "models").mkdir()
-    onnx_cache = Path(os.environ.get("KONTROL_MODELS_DIR", ROOT / "models")) / "onnx"
+    default_cache = Path(tempfile.gettempdir()) / "kontrol-bench-models"
+    onnx_cache = Path(os.environ.get("KONTROL_MODELS_DIR", default_cache)) / "onnx"
     onnx_cache.mkdir(parents=True, exist_ok=True)
     (work / "models" / "onnx").symlink_to(onnx_cache)
     try:

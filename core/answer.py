@@ -18,14 +18,19 @@ probability), `likely_species` (the most probable species inside the taxon), `ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.calibration import MAX_PROBABILITY, VoteCalibrator
+from core.classify import vote
+from core.head_policy import head_classification
 from core.taxonomy import lineage_for, rank_names
+
+if TYPE_CHECKING:
+    from core.head import SpeciesHead
 
 #: Ranks tried, most specific first, when the species itself is too uncertain.
 RANK_LADDER = ("genus", "family", "order")
@@ -117,3 +122,79 @@ def finish_answer(
             )
             return out
     return out
+
+
+def classify_neighbours(
+    vector: np.ndarray,
+    species: Sequence[str],
+    similarities: np.ndarray,
+    *,
+    head: SpeciesHead | None,
+    calibrator: VoteCalibrator | None,
+    min_similarity: float,
+    min_confidence: float,
+    min_probability: float | str,
+    target_precision: float,
+    lineage: LineageFn = table_lineage,
+) -> dict[str, Any]:
+    """The species answer for a query given its nearest photos (species, similarity; best first).
+
+    The one classification path: the engine serves it and `kontrol eval` measures it. The head
+    answers when it is fitted for this label set and proved better than the vote on held-out
+    photos (`report["preferred"]`); otherwise the neighbour vote does. Either way `finish_answer`
+    calibrates the result and picks the rank, naming a species at `named_threshold`.
+    """
+    sims = np.asarray(similarities, dtype=np.float32)
+    use_head = head is not None and bool(head.report.get("preferred"))
+    threshold = named_threshold(
+        min_probability,
+        target_precision,
+        None if use_head else calibrator,
+        min_similarity,
+    )
+    if use_head:
+        assert head is not None
+        result = head_classification(
+            head,
+            vector,
+            min_confidence=min_confidence,
+            best_similarity=float(sims.max()) if len(sims) else -1.0,
+            min_similarity=min_similarity,
+        )
+    else:
+        result = vote(
+            [str(s) for s in species],
+            sims,
+            min_similarity=min_similarity,
+            min_confidence=min_confidence,
+        )
+    out = finish_answer(
+        result,
+        calibrator=calibrator,
+        min_probability=threshold,
+        min_similarity=min_similarity,
+        raw_min_confidence=min_confidence,
+        lineage=lineage,
+    )
+    if out.get("calibrated"):
+        out["named_threshold"] = threshold
+    return out
+
+
+def named_threshold(
+    configured: float | str,
+    target_precision: float,
+    calibrator: VoteCalibrator | None,
+    min_similarity: float,
+) -> float:
+    """The calibrated probability a species must reach to be named.
+
+    A number configured is used as is. 'auto': the threshold the vote calibration chose from the
+    collection's risk-coverage curve for the target precision; without one (the head answers, or
+    the collection could not show a threshold), the target itself, which calibrated probabilities
+    keep on average.
+    """
+    if configured != "auto":
+        return float(configured)
+    chosen = calibrator.named_threshold(target_precision, min_similarity) if calibrator else None
+    return target_precision if chosen is None else chosen

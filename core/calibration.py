@@ -28,6 +28,7 @@ import numpy as np
 
 from core.atomic import atomic_file
 from core.classify import TEMPERATURE, vote_shares
+from core.risk_coverage import MIN_NAMED, choose_threshold, fold_of, risk_coverage
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,19 @@ class VoteCalibrator:
         p = np.minimum(p, MAX_PROBABILITY)
         total = float(p.sum())
         return p / total * MAX_PROBABILITY if total > MAX_PROBABILITY else p
+
+    def named_threshold(self, target: float, min_similarity: float) -> float | None:
+        """The named-answer threshold chosen from this collection's risk-coverage curve for
+        `target` precision (`core.risk_coverage`); None when none qualified or it was chosen for
+        other settings."""
+        r = self.report
+        chosen = r.get("named_threshold")
+        if chosen is None or r.get("target_precision") is None or r.get("min_similarity") is None:
+            return None
+        same = np.isclose(r["target_precision"], target) and np.isclose(
+            r["min_similarity"], min_similarity
+        )
+        return float(chosen) if same else None
 
     def save(self, models_dir: Path) -> Path:
         """Write `<models_dir>/vote_calibration.json` atomically."""
@@ -249,6 +263,49 @@ def fit_calibrator(rows: Sequence[VoteRow]) -> VoteCalibrator:
     return cal
 
 
+def cross_fitted_confidence(
+    rows: Sequence[VoteRow],
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    groups: Sequence[object] | None = None,
+) -> np.ndarray:
+    """Each row's calibrated top probability from a calibrator fitted on the other folds."""
+    n = len(rows)
+    fold = fold_of(list(range(n)) if groups is None else list(groups), folds, seed)
+    conf = np.zeros(n)
+    for f in range(folds):
+        test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+        if test.size and train.size:
+            cal = fit_calibrator([rows[i] for i in train])
+            conf[test], _, _ = top_predictions([rows[i] for i in test], cal)
+    return conf
+
+
+def choose_named_threshold(
+    rows: Sequence[VoteRow], *, min_similarity: float, target: float, seed: int = 0
+) -> dict[str, Any]:
+    """The named-answer threshold for `target` precision from the rows' held-out risk-coverage
+    curve (None when none qualifies), with the coverage and precision it gives."""
+    conf = cross_fitted_confidence(rows, seed=seed)
+    _, correct, _ = top_predictions(rows, None)
+    best = np.array([r.best_similarity for r in rows])
+    curve = risk_coverage(conf, correct, best, min_similarity)
+    chosen = choose_threshold(curve, target=target, min_coverage=MIN_NAMED / max(1, len(rows)))
+    out: dict[str, Any] = {
+        "named_threshold": chosen,
+        "target_precision": float(target),
+        "min_similarity": float(min_similarity),
+        "named_coverage": None,
+        "named_precision": None,
+    }
+    if chosen is not None:
+        i = int(np.argmin(np.abs(curve.grid - chosen)))
+        out["named_coverage"] = float(curve.coverage[i])
+        out["named_precision"] = float(curve.precision[i])
+    return out
+
+
 def fit_vote_calibration(
     labels: Sequence[str],
     vectors: np.ndarray,
@@ -257,9 +314,12 @@ def fit_vote_calibration(
     key: str,
     k: int = 10,
     seed: int = 0,
+    min_similarity: float | None = None,
+    target_precision: float | None = None,
 ) -> VoteCalibrator | None:
     """Leave-one-out over the photos (at most MAX_QUERIES queries) and a fitted calibrator;
-    None when there are too few photos to say anything."""
+    None when there are too few photos to say anything. With `min_similarity` and
+    `target_precision`, the named-answer threshold is chosen too (`choose_named_threshold`)."""
     n = len(labels)
     if n < MIN_QUERIES:
         return None
@@ -272,4 +332,10 @@ def fit_vote_calibration(
     cal = fit_calibrator(rows)
     cal.fingerprint, cal.key = fingerprint, key
     cal.report["k"] = k
+    if min_similarity is not None and target_precision is not None:
+        cal.report.update(
+            choose_named_threshold(
+                rows, min_similarity=min_similarity, target=target_precision, seed=seed
+            )
+        )
     return cal

@@ -19,9 +19,8 @@ import numpy as np
 from PIL import Image
 
 from core import embedders
-from core.answer import finish_answer, table_lineage
+from core.answer import classify_neighbours, table_lineage
 from core.calibration import VoteCalibrator, load_calibrator
-from core.classify import vote
 from core.collection import normalize_species
 from core.embedders.base import Embedder
 from core.errors import (
@@ -32,7 +31,6 @@ from core.errors import (
     UnknownSpeciesError,
 )
 from core.head import SpeciesHead, load_head
-from core.head_policy import head_classification
 from core.imageio import load_image
 from core.imagenet import imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
@@ -295,36 +293,23 @@ class Engine:
     ) -> dict[str, Any]:
         """Classification given the query's nearest neighbours, best first."""
         s = self.settings
-        sims = np.array([h.score for h in hits], dtype=np.float32)
         key = label_set_key(self.species_counts())
-        head = self._head_for(key)
-        if head is not None and head.report.get("preferred"):
-            result = head_classification(
-                head,
-                vector,
-                min_confidence=s.classify_min_confidence,
-                best_similarity=float(sims.max()) if len(sims) else -1.0,
-                min_similarity=s.classify_min_similarity,
-            )
-        else:
-            result = vote(
-                [str(h.payload.get("species")) for h in hits],
-                sims,
-                min_similarity=s.classify_min_similarity,
-                min_confidence=s.classify_min_confidence,
-            )
         lineages = {
             str(h.payload.get("species")): {
                 r: str(h.payload[r]) for r in RANK_FIELDS if h.payload.get(r)
             }
             for h in hits
         }
-        result = finish_answer(
-            result,
+        result = classify_neighbours(
+            vector,
+            [str(h.payload.get("species")) for h in hits],
+            np.array([h.score for h in hits], dtype=np.float32),
+            head=self._head_for(key),
             calibrator=self._calibrator_for(key),
-            min_probability=s.classify_min_probability,
             min_similarity=s.classify_min_similarity,
-            raw_min_confidence=s.classify_min_confidence,
+            min_confidence=s.classify_min_confidence,
+            min_probability=s.classify_min_probability,
+            target_precision=s.classify_target_precision,
             lineage=lambda name: lineages.get(name) or table_lineage(name),
         )
         result["fallback"] = (
@@ -467,6 +452,8 @@ class Engine:
             fingerprint=self.embedder.fingerprint,
             key=key,
             k=self.settings.classify_neighbors,
+            min_similarity=self.settings.classify_min_similarity,
+            target_precision=self.settings.classify_target_precision,
             force=force,
         )
         if report is not None:

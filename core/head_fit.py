@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,9 +293,22 @@ def format_report(report: dict[str, Any]) -> str:
 def _calibration_line(cal: dict[str, Any] | None) -> str:
     if not cal:
         return ""
-    return (
+    line = (
         f"\nVote calibration: {cal['queries']} leave-one-out queries, ECE "
         f"{cal['ece_raw'] * 100:.1f}% (raw share) -> {cal['ece_fitted'] * 100:.1f}% (calibrated)."
+    )
+    target = cal.get("target_precision")
+    if target is None:
+        return line
+    if cal.get("named_threshold") is None:
+        return line + (
+            f"\nNamed-answer threshold: no threshold keeps {target:.0%} precision on this "
+            f"collection's held-out curve; the target {target:g} itself is used."
+        )
+    return line + (
+        f"\nNamed-answer threshold for {target:.0%} precision: {cal['named_threshold']:.2f} "
+        f"(held out: {cal['named_coverage']:.0%} of queries named, "
+        f"{cal['named_precision']:.0%} of them right)."
     )
 
 
@@ -325,6 +339,43 @@ PER_SPECIES = 200
 MAX_TOTAL = 50_000
 
 
+def per_species_cap(
+    n_species: int, *, per_species: int = PER_SPECIES, max_total: int = MAX_TOTAL
+) -> int:
+    """Photos per species the head is fitted on at most (the bounded sample's rule)."""
+    return max(2, min(per_species, max_total // max(1, n_species)))
+
+
+def bounded_sample(labels: Sequence[str], *, seed: int = 0) -> np.ndarray:
+    """Row indices of the bounded sample of in-memory rows (the same rule as `sample_store`)."""
+    by_species: dict[str, list[int]] = {}
+    for i, name in enumerate(labels):
+        by_species.setdefault(str(name), []).append(i)
+    rng = np.random.default_rng(seed)
+    cap = per_species_cap(len(by_species))
+    chosen: list[int] = []
+    for rows in by_species.values():
+        if len(rows) > cap:
+            rows = [rows[i] for i in sorted(rng.choice(len(rows), cap, replace=False))]
+        chosen.extend(rows)
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def fit_head(
+    labels: Sequence[str], vectors: np.ndarray, *, fingerprint: str, key: str
+) -> SpeciesHead:
+    """A head fitted on these rows for this model and label set (HeadTrainingError if too few
+    species have two photos); the same fit whether the rows come from a store or from eval."""
+    data = IndexData(
+        images=[{"scientific_name": str(s)} for s in labels],
+        embeddings=np.asarray(vectors, dtype=np.float32),
+        index=None,  # type: ignore[arg-type]
+        meta={"model_fingerprint": fingerprint, "generation": key},
+    )
+    head, _ = train_head(data)
+    return head
+
+
 def sample_store(
     store: VectorStore, *, per_species: int = PER_SPECIES, max_total: int = MAX_TOTAL, seed: int = 0
 ) -> tuple[list[str], np.ndarray]:
@@ -334,7 +385,7 @@ def sample_store(
         for id_, payload in zip(batch.ids, batch.payloads, strict=True):
             by_species.setdefault(str(payload.get("species")), []).append(id_)
     rng = np.random.default_rng(seed)
-    cap = max(2, min(per_species, max_total // max(1, len(by_species))))
+    cap = per_species_cap(len(by_species), per_species=per_species, max_total=max_total)
     chosen: list[str] = []
     for ids in by_species.values():
         if len(ids) > cap:
@@ -367,13 +418,8 @@ def train_head_from_store(
             return existing.report
     try:
         labels, vectors = sample_store(store)
-        data = IndexData(
-            images=[{"scientific_name": s} for s in labels],
-            embeddings=vectors,
-            index=None,  # type: ignore[arg-type]
-            meta={"model_fingerprint": fingerprint, "generation": key},
-        )
-        head, report = train_head(data)
+        head = fit_head(labels, vectors, fingerprint=fingerprint, key=key)
+        report = head.report
         head.save(models_dir)
     except Exception:
         log.exception("Training the species head failed; classifying by neighbour vote.")
@@ -389,17 +435,36 @@ def calibrate_vote_from_store(
     fingerprint: str,
     key: str,
     k: int = 10,
+    min_similarity: float | None = None,
+    target_precision: float | None = None,
     force: bool = False,
 ) -> dict[str, Any] | None:
-    """Fit and save the neighbour vote's calibration (leave-one-out over a bounded sample) unless
-    one for this model and label set exists; its report, or None when skipped or failed."""
+    """Fit and save the neighbour vote's calibration (leave-one-out over a bounded sample), and
+    its named-answer threshold, unless one for this model, label set and these settings exists;
+    its report, or None when skipped or failed."""
     if not force:
         existing = load_calibrator(models_dir, fingerprint=fingerprint, key=key)
-        if existing is not None:
+        current = existing is not None and (
+            target_precision is None
+            or min_similarity is None
+            or (
+                existing.report.get("target_precision") == target_precision
+                and existing.report.get("min_similarity") == min_similarity
+            )
+        )
+        if existing is not None and current:
             return existing.report
     try:
         labels, vectors = sample_store(store)
-        cal = fit_vote_calibration(labels, vectors, fingerprint=fingerprint, key=key, k=k)
+        cal = fit_vote_calibration(
+            labels,
+            vectors,
+            fingerprint=fingerprint,
+            key=key,
+            k=k,
+            min_similarity=min_similarity,
+            target_precision=target_precision,
+        )
         if cal is None:
             log.info("Vote calibration skipped: too few photos.")
             return None

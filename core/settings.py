@@ -169,18 +169,35 @@ class Settings(BaseSettings):
         le=1.0,
         description="Below this vote share (or head probability) the answer is 'not sure'.",
     )
-    classify_min_probability: float = Field(
+    classify_target_precision: float = Field(
         0.85,
-        ge=0.0,
-        le=1.0,
+        ge=0.5,
+        le=0.99,
         description=(
-            "Named-answer threshold on the calibrated probability (when a vote calibration or "
-            "head is fitted): below it the answer moves up to genus/family/order, or 'not sure'. "
-            "Default: >= 85% precision of named answers (scripts/choose_defaults.py, BENCHMARKS.md)."
+            "Share of named species answers that should be right. The named-answer threshold is "
+            "chosen for it from the collection's own held-out risk-coverage curve when the vote "
+            "calibration is fitted (core/risk_coverage.py)."
+        ),
+    )
+    classify_min_probability: float | Literal["auto"] = Field(
+        "auto",
+        description=(
+            "Named-answer threshold on the calibrated probability: below it the answer moves up "
+            "to genus/family/order, or 'not sure'. 'auto' (default): the lowest threshold that "
+            "keeps classify_target_precision on the collection's risk-coverage curve; where the "
+            "collection cannot show one (mostly one photo per species), the target itself. A "
+            "number in [0, 1] fixes it."
         ),
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+
+    @field_validator("classify_min_probability")
+    @classmethod
+    def _probability_or_auto(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0.0 <= float(value) <= 1.0:
+            raise ValueError("must be 'auto' or a probability within [0, 1]")
+        return value
 
     @field_validator("index_type", mode="before")
     @classmethod

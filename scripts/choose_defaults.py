@@ -1,22 +1,26 @@
-"""Choose the named-answer threshold (KONTROL_CLASSIFY_MIN_PROBABILITY) from a risk-coverage curve.
+"""Choose the classification defaults (k, min similarity, the named-answer rule) on held-out photos.
 
-Procedure (issue 9), all held-out:
+Procedure (issue 9), all held-out and all through the engine's own classification path
+(`kontrol.evaluation.served`: head or calibrated vote, the 'auto' named-answer threshold chosen
+by the engine from the training folds' risk-coverage curve):
 
 1. Embed the labelled collection (default: the demo, 85 photos) and six augmented copies of each
    photo (`kontrol.evaluation.augment`: crop, flip, JPEG, downscale, colour, rotation).
-2. Queries are the originals and the copies; the gallery is the originals, minus the query's own
-   original (so a copy never finds itself): what a new photo of an indexed species, or of a
-   species the collection lacks, looks like to the neighbour vote.
-3. Cross-validation, 5 folds by original photo (a photo and its copies stay together), repeated
-   with 3 seeds: a calibrator is fitted on 4 folds and predicts the 5th.
-4. For each threshold 0.00 .. 0.99 the precision of named answers and the coverage are computed;
-   the chosen threshold is the lowest whose precision stays >= the target over the whole window
-   [t - 0.05, t + 0.05] (a flat optimum, not a sharp peak), per seed; the default is their median.
-5. Taxonomy-aware answers are measured at that threshold: queries without a species name that get
-   a genus/family/order answer, and how often that taxon is right.
+2. The collection is the originals; queries are the originals and the copies. A query never sees
+   its own photo or that photo's copies (grouped), and the head and calibration answering it were
+   fitted on the other folds (5 folds by photo): what a new photo of an indexed species, or of a
+   species the collection lacks, gets from the engine.
+3. Grid: k in {5, 10, 20} x min similarity in {0.45 .. 0.65}, seed 0. A setting qualifies when the
+   precision of named answers reaches the target with >= 10 named; the default is the qualifying
+   setting with most named answers whose grid neighbours also qualify (a flat optimum). When
+   nothing qualifies, the current defaults stay and the report says so.
+4. The chosen (or current) setting is re-run with seeds 0, 1, 2 (other fold splits): precision
+   and coverage of named answers with bootstrap 95 % intervals, ECE, genus/family/order answers
+   and their precision, and the same with the threshold fixed at the target (no 'auto').
 
 Run: PYTHONPATH=. python scripts/choose_defaults.py [--images data/demo] [--target 0.85]
-(uses the configured model; its export cache goes to KONTROL_MODELS_DIR or a scratch folder, never models/).
+(uses the configured model; its export cache goes to KONTROL_MODELS_DIR or a scratch folder, never
+models/; nothing is saved: the models of each fold live in memory).
 """
 
 from __future__ import annotations
@@ -28,28 +32,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import embedders
-from core.answer import RANK_LADDER, table_lineage
-from core.calibration import (
-    expected_calibration_error,
-    fit_calibrator,
-    loo_vote_rows,
-)
+from core.calibration import expected_calibration_error
 from core.imageio import load_image
+from core.risk_coverage import MIN_NAMED
 from core.settings import get_settings
 from kontrol.evaluation import quality
 from kontrol.evaluation.augment import alter_all
 from kontrol.evaluation.labels import load_labels
+from kontrol.evaluation.served import AnswerPolicy, held_out_answers
 
 SEEDS = (0, 1, 2)
 FOLDS = 5
-WINDOW = 0.05
-MIN_NAMED = 10  # a threshold naming fewer queries proves nothing
+GRID_K = (5, 10, 20)
+GRID_MIN_SIMILARITY = (0.45, 0.5, 0.55, 0.6, 0.65)
 
 
 def _settings():
@@ -87,19 +89,45 @@ def embed_collection(
     return np.concatenate(vectors), labels, np.array(group), np.array(original)
 
 
-def rank_answer(names, probs, threshold):
-    """(rank, taxon) of the most specific rank whose candidates reach the threshold, or None."""
-    for rank in RANK_LADDER:
-        totals: dict[str, float] = {}
-        for name, p in zip(names, probs, strict=True):
-            taxon = table_lineage(name).get(rank)
-            if taxon:
-                totals[taxon] = totals.get(taxon, 0.0) + float(p)
-        if totals:
-            taxon = max(totals, key=lambda t: totals[t])
-            if totals[taxon] >= threshold:
-                return rank, taxon
-    return None
+def measure(
+    x: np.ndarray,
+    labels: list[str],
+    group: np.ndarray,
+    original: np.ndarray,
+    policy: AnswerPolicy,
+    seed: int,
+) -> dict[str, Any]:
+    """Served answers for every query (grouped, collection = originals) and what they score."""
+    got = held_out_answers(x, labels, policy, folds=FOLDS, seed=seed, groups=group, voters=original)
+    named, right = got.named(), got.right()
+    rank_answered, rank_right = got.rank_outcomes()
+    conf, top = got.confidence(), got.top_correct()
+    hits = right[named].astype(float)
+    ci = quality.bootstrap_ci(hits, seed=seed) if hits.size else None
+    return {
+        "k": policy.k,
+        "min_similarity": policy.min_similarity,
+        "min_probability": policy.min_probability,
+        "seed": seed,
+        "queries": len(got.queries),
+        "named": int(named.sum()),
+        "named_precision": round(float(hits.mean()), 3) if hits.size else None,
+        "named_precision_ci95": None if ci is None else [round(ci[0], 3), round(ci[1], 3)],
+        "coverage": round(float(named.mean()), 3),
+        "top1_right": round(float(right.mean()), 3),
+        "rank_answers": int(rank_answered.sum()),
+        "rank_answer_precision": (
+            round(float(rank_right[rank_answered].mean()), 3) if rank_answered.any() else None
+        ),
+        "ece": round(expected_calibration_error(conf, top), 4),
+        "ece_raw_share": round(expected_calibration_error(got.raw_share(), top), 4),
+        "thresholds_used": sorted({round(t, 2) for t in got.thresholds}),
+        "sources": got.sources,
+    }
+
+
+def qualifies(row: dict[str, Any], target: float) -> bool:
+    return row["named"] >= MIN_NAMED and (row["named_precision"] or 0.0) >= target
 
 
 def main() -> int:
@@ -115,84 +143,52 @@ def main() -> int:
     started = time.perf_counter()
     x, labels, group, original = embed_collection(images, manifest if manifest.exists() else None)
     embed_s = time.perf_counter() - started
-    k, min_sim = settings.classify_neighbors, settings.classify_min_similarity
-    rows = loo_vote_rows(x, labels, k=k, groups=group, voters=original)
-    row_group = group  # every photo is asked, in order
-    grid = np.round(np.arange(0.0, 0.991, 0.01), 2)
-    chosen, curves, eces, eces_raw = [], [], [], []
-    helds = []
-    for seed in SEEDS:
-        held = quality.cross_fitted(rows, folds=FOLDS, seed=seed, groups=row_group)
-        helds.append(held)
-        g, cov, prec = quality.risk_coverage(held, min_sim, grid)
-        curves.append((cov, prec))
-        chosen.append(
-            quality.choose_threshold(
-                g, prec, cov, target=args.target, window=WINDOW, min_coverage=MIN_NAMED / len(rows)
-            )
-        )
-        eces.append(expected_calibration_error(held.confidence, held.correct))
-        eces_raw.append(expected_calibration_error(held.raw, held.correct))
-    valid = [c for c in chosen if c is not None]
-    # No plateau (too few queries ever reach the target): fall back to the calibration bound.
-    # For calibrated probabilities the precision of answers with p >= t is at least t on
-    # average, so t = target keeps the stated precision without the curve's help.
-    default = float(np.median(valid)) if valid else args.target
-    rule = "risk-coverage plateau" if valid else "calibration bound (no plateau on this data)"
-    held = helds[0]
-    pairs = np.stack([held.confidence, held.correct.astype(float)], axis=1)
-    ece_ci = quality.bootstrap_ci(pairs, quality.ece_of)
 
-    # Taxonomy-aware answers at the chosen threshold (seed 0 folds).
-    t = default
-    species_named = species_right = rank_named = rank_right = 0
-    for f in range(FOLDS):
-        test = np.flatnonzero(held.fold == f)
-        cal = fit_calibrator([rows[i] for i in np.flatnonzero(held.fold != f)])
-        for i in test:
-            row = rows[i]
-            if row.best_similarity < min_sim:
-                continue
-            probs = cal.probability(row.shares, row.best_similarity)
-            if probs[0] >= t:
-                species_named += 1
-                species_right += row.candidates[0] == row.truth
-                continue
-            got = rank_answer(row.candidates, probs, t)
-            if got:
-                rank_named += 1
-                rank_right += table_lineage(row.truth).get(got[0]) == got[1]
-    n = len(rows)
-    at = int(np.argmin(np.abs(grid - t)))
-    prec_at = [float(c[1][at]) for c in curves]
-    cov_at = [float(c[0][at]) for c in curves]
-    named_hits = held.correct[quality.named(held, t, min_sim)]
-    prec_ci = quality.bootstrap_ci(named_hits.astype(float))
+    def policy(k: int, min_sim: float, min_probability: float | str = "auto") -> AnswerPolicy:
+        return AnswerPolicy(
+            k, min_sim, settings.classify_min_confidence, min_probability, args.target
+        )
+
+    grid = {
+        (k, m): measure(x, labels, group, original, policy(k, m), seed=0)
+        for k in GRID_K
+        for m in GRID_MIN_SIMILARITY
+    }
+
+    def flat(key: tuple[int, float]) -> bool:
+        k_i, m_i = GRID_K.index(key[0]), GRID_MIN_SIMILARITY.index(key[1])
+        near = [
+            (GRID_K[a], GRID_MIN_SIMILARITY[b])
+            for a in (k_i - 1, k_i, k_i + 1)
+            for b in (m_i - 1, m_i, m_i + 1)
+            if 0 <= a < len(GRID_K) and 0 <= b < len(GRID_MIN_SIMILARITY)
+        ]
+        return all(qualifies(grid[n], args.target) for n in near)
+
+    candidates = [key for key, row in grid.items() if qualifies(row, args.target) and flat(key)]
+    current = (settings.classify_neighbors, settings.classify_min_similarity)
+    chosen = max(candidates, key=lambda key: grid[key]["named"]) if candidates else current
+    rule = (
+        "most named answers on a flat plateau at the target precision"
+        if candidates
+        else "no setting reaches the target precision with >= 10 named answers: defaults kept"
+    )
+    auto = [measure(x, labels, group, original, policy(*chosen), seed) for seed in SEEDS]
+    fixed = [
+        measure(x, labels, group, original, policy(*chosen, args.target), seed) for seed in SEEDS
+    ]
     report = {
-        "queries": n,
         "photos": int(original.sum()),
+        "queries": len(labels),
         "embed_seconds": round(embed_s, 1),
-        "k": k,
-        "min_similarity": min_sim,
         "target_precision": args.target,
-        "threshold_per_seed": chosen,
-        "default_threshold": default,
+        "chosen": {"k": chosen[0], "min_similarity": chosen[1]},
         "rule": rule,
-        "precision_at_default_per_seed": [round(p, 3) for p in prec_at],
-        "precision_at_default_ci95_seed0": prec_ci,
-        "coverage_at_default_per_seed": [round(c, 3) for c in cov_at],
-        "ece_calibrated_per_seed": [round(e, 4) for e in eces],
-        "ece_calibrated_ci95_seed0": ece_ci,
-        "ece_raw_share": round(eces_raw[0], 4),
-        "top1_accuracy": round(float(held.correct.mean()), 3),
-        "species_named": species_named,
-        "species_named_precision": round(species_right / max(1, species_named), 3),
-        "rank_answers": rank_named,
-        "rank_answer_precision": round(rank_right / max(1, rank_named), 3) if rank_named else None,
-        "curve_seed0": [
-            [float(g), round(float(c), 3), None if np.isnan(p) else round(float(p), 3)]
-            for g, c, p in zip(grid[::5], curves[0][0][::5], curves[0][1][::5], strict=True)
-        ],
+        "grid_seed0": list(grid.values()),
+        "auto_threshold_per_seed": auto,
+        "fixed_threshold_at_target_per_seed": fixed,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(report, indent=2))
     if args.json:

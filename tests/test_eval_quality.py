@@ -17,16 +17,6 @@ def test_bootstrap_ci_is_reproducible_and_covers_the_mean() -> None:
     assert quality.bootstrap_ci([]) is None
 
 
-def test_choose_threshold_prefers_a_plateau_over_a_spike() -> None:
-    grid = np.round(np.arange(0, 1.0, 0.01), 2)
-    precision = np.full(len(grid), 0.7)
-    precision[30] = 0.95  # a lucky spike
-    precision[60:] = 0.9  # a plateau
-    coverage = 1 - grid
-    t = quality.choose_threshold(grid, precision, coverage, target=0.85, window=0.05)
-    assert t == 0.65
-
-
 def test_cross_fitted_calibration_on_clusters() -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(150, 16))
@@ -40,7 +30,7 @@ def test_cross_fitted_calibration_on_clusters() -> None:
         < 0.1
         < quality.ece_of(np.stack([held.raw, held.correct.astype(float)], axis=1))
     )
-    _grid, coverage, _precision = quality.risk_coverage(held, min_similarity=-1.0)
+    coverage = quality.curve_of(held, min_similarity=-1.0).coverage
     assert coverage[0] == 1.0 and np.all(np.diff(coverage) <= 0)
     ci = quality.bootstrap_ci(pairs, quality.ece_of, reps=200)
     assert ci is not None and ci[0] <= ci[1]

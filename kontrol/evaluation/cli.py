@@ -1,8 +1,9 @@
 """`kontrol eval`: measure the product's own pipeline (embedder, loader, classifier, engine search).
 
 The engine indexes the evaluated collection into `<out>/index` with the configured settings, so the
-latency and indexing figures are the product's; the leave-one-out metrics use the same embedder
-and the same neighbour-vote classifier the bot uses.
+latency and indexing figures are the product's; the metrics read the vectors and taxonomy the
+engine stored, and species answers go through the engine's own classification path (head or
+calibrated vote, fitted held out in memory: nothing is written into the models directory).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from core.classify import vote
+from core.answer import table_lineage
 from core.imageio import load_image
 from core.settings import Settings
+from core.taxonomy import PAYLOAD_RANKS as RANK_FIELDS
 from kontrol.evaluation.runner import evaluate
 
 HEADLINE = (
@@ -26,6 +28,7 @@ HEADLINE = (
     "near_duplicate_recall_at_1",
     "genus_recall_at_1",
     "named_answer_precision",
+    "rank_answer_precision",
     "ece",
     "query_latency_ms_p50",
     "query_latency_ms_p95",
@@ -68,21 +71,18 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     index_report = engine.reindex(train="skip")
     embedder = engine.embedder
     # the vectors the engine stored, so eval measures what is served (no second embedding pass)
-    stored = {
-        str(payload.get("path")): vector
-        for batch in engine.store.iterate()
-        for payload, vector in zip(batch.payloads, batch.vectors, strict=True)
-    }
+    stored: dict[str, object] = {}
+    lineages: dict[str, dict[str, str]] = {}  # as indexed: taxonomy.csv overrides included
+    for batch in engine.store.iterate():
+        for payload, vector in zip(batch.payloads, batch.vectors, strict=True):
+            stored[str(payload.get("path"))] = vector
+            lineages[str(payload.get("species"))] = {
+                rank: str(payload[rank]) for rank in RANK_FIELDS if payload.get(rank)
+            }
     result = evaluate(
         Path(args.images),
         args.manifest,
         embed_fn=lambda images: embedder.embed_images(images).embeddings,
-        classify_fn=lambda species, sims: vote(
-            list(species),
-            sims,
-            min_similarity=settings.classify_min_similarity,
-            min_confidence=settings.classify_min_confidence,
-        )["species"],
         load_fn=partial(
             load_image,
             max_pixels=settings.max_image_pixels,
@@ -98,9 +98,11 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         min_similarity=settings.classify_min_similarity,
         min_confidence=settings.classify_min_confidence,
         min_probability=settings.classify_min_probability,
+        target_precision=settings.classify_target_precision,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
         stored=stored,
+        lineage=lambda name: lineages.get(name) or table_lineage(name),
     )
     print(
         f"engine index: {index_report.total} photos, {index_report.images_per_s:.1f} photos/s "

@@ -1,4 +1,4 @@
-"""Retrieval and classification metrics on a labelled collection, in plain numpy.
+"""Retrieval metrics on a labelled collection, in plain numpy.
 
 Everything is leave-one-out over one cosine similarity matrix (`S = E @ E.T` of L2-normalised
 embeddings): a photo is never its own neighbour, so the numbers say how the product behaves when
@@ -10,14 +10,10 @@ Each metric returns a `Score` with its number of queries: a recall over 6 querie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
-#: A classifier given the neighbours of one query: their labels and cosine similarities, best
-#: first. Returns a species, or None for "not sure".
-ClassifyFn = Callable[[Sequence[str], np.ndarray], str | None]
 
 _BLOCK = 512  # rows handled at once, so large collections never sort an N x N array in one go
 
@@ -36,15 +32,6 @@ class Score:
         """Mean of per-query values; None rather than NaN when there are none."""
         hits = np.asarray(hits, dtype=np.float64)
         return cls(float(hits.mean()) if hits.size else None, int(hits.size), hits)
-
-
-@dataclass(frozen=True)
-class ClassificationResult:
-    """Leave-one-out classification: accuracy, how often it said "not sure", and each answer."""
-
-    accuracy: Score
-    not_sure_rate: Score
-    predictions: dict[int, str | None]
 
 
 def similarity_matrix(embeddings: np.ndarray) -> np.ndarray:
@@ -148,74 +135,6 @@ def coarse_precision_at_k(
     return Score.of((codes[idx[queries]] == codes[queries][:, None]).mean(axis=1))
 
 
-def _classify_rows(
-    sim: np.ndarray,
-    labels: Sequence[str],
-    queries: np.ndarray,
-    classify_fn: ClassifyFn,
-    k: int,
-    hide_own_label: bool,
-) -> dict[int, str | None]:
-    """Ask `classify_fn` about each query given its k best neighbours (maybe of other labels)."""
-    codes = _codes(labels)
-    answers: dict[int, str | None] = {}
-    for rows in np.array_split(queries, max(1, len(queries) // _BLOCK)):
-        block = _masked_rows(sim, rows)
-        if hide_own_label:
-            block[codes[None, :] == codes[rows][:, None]] = -np.inf
-        order = _order(block)
-        for row, q in enumerate(rows):
-            nb = order[row][np.isfinite(block[row, order[row]])][:k]
-            answers[int(q)] = classify_fn([labels[j] for j in nb], block[row, nb])
-    return answers
-
-
-def leave_one_out_classify(
-    sim: np.ndarray,
-    labels: Sequence[str],
-    classify_fn: ClassifyFn,
-    k: int = 10,
-    min_count: int = 2,
-) -> ClassificationResult:
-    """Classify each eligible photo from its k nearest other photos; "not sure" counts as wrong."""
-    queries = np.flatnonzero(eligible(labels, min_count))
-    answers = _classify_rows(sim, labels, queries, classify_fn, k, hide_own_label=False)
-    correct = np.array([answers[q] == labels[q] for q in queries], dtype=bool)
-    unsure = np.array([answers[q] is None for q in queries], dtype=bool)
-    return ClassificationResult(Score.of(correct), Score.of(unsure), answers)
-
-
-def open_set_not_sure_rate(
-    sim: np.ndarray, labels: Sequence[str], classify_fn: ClassifyFn, k: int = 10
-) -> Score:
-    """Leave each whole species out in turn: share of its photos the classifier calls "not sure".
-
-    Every photo is a query against a gallery with no photo of its own species, which is what a
-    photo of an animal missing from the collection looks like; any species answer is then wrong.
-    """
-    queries = np.arange(len(labels))
-    answers = _classify_rows(sim, labels, queries, classify_fn, k, hide_own_label=True)
-    return Score.of(np.array([answers[int(q)] is None for q in queries], dtype=bool))
-
-
-def outsider_not_sure_rate(
-    query_sims: np.ndarray, labels: Sequence[str], classify_fn: ClassifyFn, k: int = 10
-) -> Score:
-    """Photos from outside the gallery (e.g. no animal at all), as (q, N) similarities to it:
-    the share the classifier answers with "not sure" (any species answer is wrong)."""
-    block = np.asarray(query_sims, dtype=np.float32).reshape(-1, len(labels))
-    order = _order(block)[:, :k]
-    return Score.of(
-        np.array(
-            [
-                classify_fn([labels[j] for j in nb], block[row, nb]) is None
-                for row, nb in enumerate(order)
-            ],
-            dtype=bool,
-        )
-    )
-
-
 def near_duplicate_hits(
     query_embeddings: np.ndarray, original_index: np.ndarray, gallery: np.ndarray
 ) -> np.ndarray:
@@ -263,24 +182,3 @@ def pair_similarities(
     values = np.asarray(sim, dtype=np.float32)[iu, ju]
     same = codes[iu] == codes[ju]
     return values[same], values[~same]
-
-
-def knn_vote_classifier(min_similarity: float = 0.55, min_confidence: float = 0.35) -> ClassifyFn:
-    """Similarity-weighted neighbour vote with the product's two open-set thresholds.
-
-    "Not sure" when the best neighbour is less similar than `min_similarity` or the winning
-    species holds less than `min_confidence` of the vote. A stand-in for the engine's classifier.
-    """
-
-    def classify(neighbour_labels: Sequence[str], similarities: np.ndarray) -> str | None:
-        sims = np.asarray(similarities, dtype=np.float64)
-        if len(neighbour_labels) == 0 or sims[0] < min_similarity:
-            return None
-        weights: dict[str, float] = {}
-        for label, s in zip(neighbour_labels, np.clip(sims, 0.0, None), strict=True):
-            weights[label] = weights.get(label, 0.0) + float(s)
-        total = sum(weights.values())
-        best = max(weights, key=lambda lab: weights[lab])  # first-seen wins ties: the nearer one
-        return best if total > 0 and weights[best] / total >= min_confidence else None
-
-    return classify

@@ -6,11 +6,9 @@ fitted on the other folds (`cross_fitted`), never on the photo itself. Evaluatio
 calibrators in memory only; the one the bot serves is fitted by `kontrol train` / a re-index.
 
 - ECE (15 bins) of the top candidate's probability, with a reliability diagram;
-- named-answer precision: of the answers that name a species (probability >= the named-answer
-  threshold and best similarity >= the open-set threshold), the share that are right; coverage is
-  the share of queries answered with a name; the risk-coverage curve draws both as the threshold
-  moves, and `choose_threshold` picks the lowest threshold whose whole neighbourhood keeps the
-  target precision (a flat optimum, not a sharp peak);
+- named-answer precision: of the answers that name a species, the share that are right; coverage
+  is the share of queries answered with a name; the risk-coverage curve (`core.risk_coverage`,
+  which the engine also uses to choose its threshold) draws both as the threshold moves;
 - genus recall@1: the nearest other photo is of the same genus (queries whose genus has 2+ photos);
 - `bootstrap_ci`: 95 % percentile intervals from resampling queries (1000 reps, fixed seed).
 """
@@ -25,10 +23,11 @@ import numpy as np
 
 from core.calibration import (
     VoteRow,
+    cross_fitted_confidence,
     expected_calibration_error,
-    fit_calibrator,
     top_predictions,
 )
+from core.risk_coverage import Curve, fold_of, risk_coverage
 from core.taxonomy import lineage_for
 
 BOOTSTRAP_REPS = 1000
@@ -80,24 +79,11 @@ def cross_fitted(
 
     `groups` keeps related queries (a photo and its augmented copies) in the same fold.
     """
-    n = len(rows)
-    group = np.arange(n) if groups is None else np.asarray(groups)
-    unique = np.unique(group)
-    fold_of = dict(
-        zip(unique, np.random.default_rng(seed).permutation(len(unique)) % folds, strict=True)
-    )
-    fold = np.array([fold_of[g] for g in group], dtype=np.int64)
-    conf = np.zeros(n)
-    for f in range(folds):
-        test = np.flatnonzero(fold == f)
-        train = np.flatnonzero(fold != f)
-        if test.size == 0 or train.size == 0:
-            continue
-        cal = fit_calibrator([rows[i] for i in train])
-        conf[test], _, _ = top_predictions([rows[i] for i in test], cal)
+    keys = list(range(len(rows))) if groups is None else list(groups)
+    conf = cross_fitted_confidence(rows, folds=folds, seed=seed, groups=keys)
     raw, correct, _ = top_predictions(rows, None)
     best = np.array([r.best_similarity for r in rows])
-    return HeldOut(conf, raw, correct, best, fold)
+    return HeldOut(conf, raw, correct, best, fold_of(keys, folds, seed))
 
 
 def ece_of(data: np.ndarray) -> float:
@@ -105,44 +91,9 @@ def ece_of(data: np.ndarray) -> float:
     return expected_calibration_error(data[:, 0], data[:, 1] > 0.5, ECE_BINS)
 
 
-def named(held: HeldOut, threshold: float, min_similarity: float) -> np.ndarray:
-    """Which queries get a species name."""
-    return (held.confidence >= threshold) & (held.best_similarity >= min_similarity)
-
-
-def risk_coverage(
-    held: HeldOut, min_similarity: float, thresholds: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds, coverage, precision of named answers); precision NaN where nothing is named."""
-    grid = np.round(np.arange(0.0, 0.991, 0.01), 2) if thresholds is None else thresholds
-    coverage, precision = [], []
-    for t in grid:
-        mask = named(held, float(t), min_similarity)
-        coverage.append(mask.mean() if mask.size else 0.0)
-        precision.append(held.correct[mask].mean() if mask.any() else np.nan)
-    return grid, np.array(coverage), np.array(precision)
-
-
-def choose_threshold(
-    grid: np.ndarray,
-    precision: np.ndarray,
-    coverage: np.ndarray,
-    *,
-    target: float = 0.85,
-    window: float = 0.05,
-    min_coverage: float = 0.0,
-) -> float | None:
-    """The lowest threshold t (most answers) whose precision stays >= target for every threshold
-    in [t - window, t + window] with named answers: a plateau, not a lucky spike. Thresholds that
-    name no more than `min_coverage` of the queries prove nothing and are neither chosen nor
-    counted in a window."""
-    for i, t in enumerate(grid):
-        near = (np.abs(grid - t) <= window + 1e-9) & (coverage > min_coverage)
-        values = precision[near]
-        values = values[np.isfinite(values)]
-        if values.size and values.min() >= target and coverage[i] > min_coverage:
-            return float(t)
-    return None
+def curve_of(held: HeldOut, min_similarity: float, grid: np.ndarray | None = None) -> Curve:
+    """The risk-coverage curve of held-out answers (`core.risk_coverage`)."""
+    return risk_coverage(held.confidence, held.correct, held.best_similarity, min_similarity, grid)
 
 
 def genus_recall_at_1(sim: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[int]]:
@@ -203,9 +154,7 @@ def reliability_diagram(path: Path | str, held: HeldOut, bins: int = ECE_BINS) -
 
 def risk_coverage_plot(
     path: Path | str,
-    grid: np.ndarray,
-    coverage: np.ndarray,
-    precision: np.ndarray,
+    curve: Curve,
     *,
     threshold: float | None,
     target: float | None = None,
@@ -216,6 +165,7 @@ def risk_coverage_plot(
     path = Path(path)
     fig = Figure(figsize=(6, 4.5), dpi=110)
     ax = fig.add_subplot()
+    grid, coverage, precision = curve.grid, curve.coverage, curve.precision
     ax.plot(coverage, precision, "-", color="tab:blue", label="threshold 0 .. 0.99")
     if threshold is not None:
         i = int(np.argmin(np.abs(grid - threshold)))

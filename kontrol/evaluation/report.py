@@ -140,12 +140,13 @@ _METRIC_ROWS = [
     ("species_recall_at_1", "Species recall@1 (nearest other photo, same species)", True),
     ("species_map", "Species mAP (all other photos ranked)", False),
     ("coarse_precision_at_10", "Coarse-group precision@10", True),
-    ("species_top1_accuracy", "Species top-1 accuracy (leave-one-out classify)", True),
+    ("species_top1_accuracy", "Species top-1 accuracy (engine's answer, held out)", True),
     ("known_species_not_sure_rate", "'Not sure' rate on known species", True),
     ("open_set_not_sure_rate", "'Not sure' rate on left-out species (open set)", True),
     ("near_duplicate_recall_at_1", "Near-duplicate recall@1 (6 alterations)", True),
     ("genus_recall_at_1", "Genus recall@1 (nearest other photo, same genus)", True),
     ("named_answer_precision", "Precision of named answers (calibrated, held-out)", True),
+    ("rank_answer_precision", "Precision of genus/family/order answers (held-out)", True),
     ("ece", "Calibration error ECE, 15 bins (held-out; lower is better)", False),
 ]
 
@@ -173,7 +174,9 @@ def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
         )
         + f": {coll['photos']} photos, {coll['species']} species, "
         f"{coll['species_with_2plus']} with 2+ photos. Model: {cfg.get('model') or 'n/a'}; "
-        f"classifier: {cfg['classifier']}; k = {cfg['k']}; seed = {cfg['seed']}.",
+        f"classifier: {cfg['classifier']}"
+        + (f" (answers by {cfg['answer_sources']})" if cfg.get("answer_sources") else "")
+        + f"; k = {cfg['k']}; seed = {cfg['seed']}.",
         "",
         "| Metric | Value [95% CI] | Queries |",
         "|---|---|---|",
@@ -186,8 +189,11 @@ def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
     if result.get("ece") is not None:
         lines += [
             "",
-            f"Named answers at the configured threshold {cfg.get('min_probability')}: "
-            f"coverage {_fmt(result.get('named_answer_coverage'), True)} of queries; raw vote "
+            f"Named answers at the threshold {cfg.get('min_probability')} "
+            f"(used per fold: {rc.get('thresholds_used')}; target precision "
+            f"{_fmt(cfg.get('target_precision'), True)}): "
+            f"coverage {_fmt(result.get('named_answer_coverage'), True)} of queries; answers at "
+            f"a higher rank: {_fmt(result.get('rank_answer_coverage'), True)}; raw vote "
             f"share ECE {_fmt(result.get('ece_raw_share'))}. Lowest threshold keeping "
             f"precision >= {_fmt(rc.get('target_precision'), True)} on a plateau (+-0.05): "
             f"{_fmt(rc.get('threshold_for_target'), digits=2)}. Intervals: bootstrap over "

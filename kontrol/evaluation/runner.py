@@ -1,11 +1,13 @@
 """`evaluate()`: run the product's own embedding and classification on a labelled collection.
 
-The runner knows nothing about models or indexes: the caller passes `embed_fn` (a list of PIL
-images -> (N, d) L2-normalised rows) and optionally `classify_fn` (neighbour labels and
-similarities -> species or None) and `query_fn` (one photo -> whatever the product's search
-returns), so the numbers measure exactly the pipeline the bot serves and this module can be tested
-with fake embeddings. Photos are streamed in batches, so memory stays bounded by the batch size
-(the N x N similarity matrix aside, which is fine up to tens of thousands of photos).
+The runner knows nothing about indexes: the caller passes `embed_fn` (a list of PIL images ->
+(N, d) L2-normalised rows), optionally the vectors the engine stored and `query_fn` (one photo ->
+whatever the product's search returns). Species answers go through the engine's own
+classification path (`kontrol.evaluation.served`: the head or the calibrated vote, whichever the
+engine would use, fitted held out and in memory), so the numbers measure the pipeline the bot
+serves and this module can be tested with fake embeddings. Photos are streamed in batches, so
+memory stays bounded by the batch size (the N x N similarity matrix aside, which is fine up to
+tens of thousands of photos).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.calibration import expected_calibration_error, loo_vote_rows
+from core.answer import LineageFn, table_lineage
+from core.calibration import expected_calibration_error
 from core.errors import KontrolError
+from core.risk_coverage import MIN_NAMED, choose_threshold
 from kontrol.evaluation import metrics, quality
 from kontrol.evaluation.augment import alter_all
 from kontrol.evaluation.labels import LabelledPhoto, load_labels
@@ -32,6 +36,7 @@ from kontrol.evaluation.report import (
     similarity_histogram,
     write_markdown,
 )
+from kontrol.evaluation.served import AnswerPolicy, held_out_answers, outsider_answers
 
 #: Images -> (N, d) embeddings; an object with an `.embeddings` array (EmbedOutput) also works.
 EmbedFn = Callable[[list[Image.Image]], Any]
@@ -44,8 +49,6 @@ SHEET_NAME = "contact_sheet.png"
 HISTOGRAM_NAME = "similarity_histogram.png"
 JSON_NAME = "eval.json"
 RELIABILITY_NAME = "reliability.png"
-#: Named answers needed before a threshold's precision counts in the threshold choice.
-MIN_NAMED = 10
 RISK_COVERAGE_NAME = "risk_coverage.png"
 
 
@@ -231,10 +234,11 @@ def _non_animal_not_sure_rate(
     labels: list[str],
     embed_fn: EmbedFn,
     load_fn: LoadFn,
-    classify_fn: metrics.ClassifyFn,
-    k: int,
+    policy: AnswerPolicy,
+    lineage: LineageFn,
+    seed: int,
 ) -> metrics.Score:
-    """Read and embed the photos with no animal, then score them against the gallery."""
+    """Read and embed the photos with no animal; the share the engine would not name a species."""
     images = []
     for path in paths:
         try:
@@ -244,7 +248,8 @@ def _non_animal_not_sure_rate(
     if not images:
         return metrics.Score(None, 0)
     queries = _as_matrix(embed_fn(images), len(images))
-    return metrics.outsider_not_sure_rate(queries @ gallery.T, labels, classify_fn, k)
+    answers = outsider_answers(queries, gallery, labels, policy, seed=seed, lineage=lineage)
+    return metrics.Score.of(np.array([a.get("species") is None for a in answers], dtype=bool))
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -256,7 +261,6 @@ def evaluate(
     manifest: Path | str | None = None,
     *,
     embed_fn: EmbedFn,
-    classify_fn: metrics.ClassifyFn | None = None,
     out_dir: Path | str | None = None,
     json_path: Path | str | None = None,
     load_fn: LoadFn = default_load,
@@ -269,21 +273,23 @@ def evaluate(
     sample_queries: int = 8,
     min_similarity: float = 0.55,
     min_confidence: float = 0.35,
-    min_probability: float = 0.85,
+    min_probability: float | str = "auto",
     target_precision: float = 0.85,
     bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,
-    classifier_name: str | None = None,
+    folds: int = 5,
+    lineage: LineageFn = table_lineage,
     progress: ProgressFn | None = None,
     negatives: Sequence[Path] = (),
     stored: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Evaluate search and classification on a labelled collection; returns the metrics dict.
 
-    `classify_fn` defaults to a similarity-weighted kNN vote with `min_similarity` /
-    `min_confidence` as open-set thresholds; `min_similarity` is also drawn on the histogram, and
-    `model` / `classifier_name` only label the report. With `out_dir`, writes report.md, contact_sheet.png,
-    similarity_histogram.png and eval.json there; `json_path` overrides where the JSON goes.
+    Species answers follow the engine (`min_similarity`, `min_confidence`, `min_probability` are
+    its KONTROL_CLASSIFY_* settings; `lineage` its taxonomy, e.g. from the index's payloads);
+    `folds` is the cross-fitting of the head and calibration; `model` only labels the report.
+    With `out_dir`, writes report.md, contact_sheet.png, similarity_histogram.png and eval.json
+    there; `json_path` overrides where the JSON goes.
     Raises ManifestError for bad labels and KontrolError when no photo could be read.
     """
     began = time.perf_counter()
@@ -301,12 +307,7 @@ def evaluate(
     labels = [p.label for p in kept]
     coarse = [p.coarse for p in kept]
     has_coarse = any(c is not None for c in coarse)
-    if classify_fn is None:
-        classifier_name = (
-            f"kNN vote (min similarity {min_similarity:g}, min confidence {min_confidence:g})"
-        )
-        classify_fn = metrics.knn_vote_classifier(min_similarity, min_confidence)
-    classifier_name = classifier_name or "caller's classify_fn"
+    policy = AnswerPolicy(k, min_similarity, min_confidence, min_probability, target_precision)
 
     if progress:
         progress("metrics", 0, 1)
@@ -316,10 +317,19 @@ def evaluate(
     coarse_p10 = (
         metrics.coarse_precision_at_k(sim, coarse, k=10) if has_coarse else metrics.Score(None, 0)
     )
-    loo = metrics.leave_one_out_classify(sim, labels, classify_fn, k=k)
-    open_set = metrics.open_set_not_sure_rate(sim, labels, classify_fn, k=k)
+    # Species answers, held out, through the engine's own path: as a new photo of what the
+    # collection holds (singletons stand for animals it lacks), and as an unknown species.
+    served = held_out_answers(gallery, labels, policy, folds=folds, seed=seed, lineage=lineage)
+    unknown = held_out_answers(
+        gallery, labels, policy, folds=folds, seed=seed, lineage=lineage, hide_species=True
+    )
+    known = metrics.eligible(labels, 2)[served.queries]
+    named_mask, right = served.named(), served.right()
+    top1 = metrics.Score.of(right[known])
+    known_unsure = metrics.Score.of(~named_mask[known])
+    open_set = metrics.Score.of(~unknown.named())
     non_animal = _non_animal_not_sure_rate(
-        negatives, gallery, labels, embed_fn, load_fn, classify_fn, k
+        negatives, gallery, labels, embed_fn, load_fn, policy, lineage, seed
     )
     near_dup, by_kind = (metrics.Score(None, 0), {})
     if near_duplicates and len(run["altered_of"]):
@@ -328,26 +338,29 @@ def evaluate(
         )
     same, different = metrics.pair_similarities(sim, labels, seed=seed)
 
-    # Answer quality: held-out (leave-one-out votes, cross-fitted calibration) over every photo,
-    # singletons included (they stand for animals the collection lacks).
-    rows = loo_vote_rows(gallery, labels, k=k)
-    held = quality.cross_fitted(rows, seed=seed) if len(rows) >= 10 else None
+    # Answer quality over every photo asked as new, singletons included.
+    named_hits = metrics.Score.of(right[named_mask])
+    rank_answered, rank_right = served.rank_outcomes(lineage)
+    rank_hits = metrics.Score.of(rank_right[rank_answered])
+    asked = len(served.queries)
+    held = None
+    if asked >= MIN_NAMED:
+        held = quality.HeldOut(
+            confidence=served.confidence(),
+            raw=served.raw_share(),
+            correct=served.top_correct(),
+            best_similarity=served.best_similarity(),
+            fold=np.zeros(asked, dtype=np.int64),
+        )
     ece = ece_raw = None
-    named_hits = metrics.Score(None, 0)
     threshold_for_target = None
     curve = None
     if held is not None:
         ece = expected_calibration_error(held.confidence, held.correct)
         ece_raw = expected_calibration_error(held.raw, held.correct)
-        mask = quality.named(held, min_probability, min_similarity)
-        named_hits = metrics.Score.of(held.correct[mask])
-        curve = quality.risk_coverage(held, min_similarity)
-        threshold_for_target = quality.choose_threshold(
-            curve[0],
-            curve[2],
-            curve[1],
-            target=target_precision,
-            min_coverage=MIN_NAMED / len(rows),
+        curve = quality.curve_of(held, min_similarity)
+        threshold_for_target = choose_threshold(
+            curve, target=target_precision, min_coverage=MIN_NAMED / asked
         )
     genus_hits, _ = quality.genus_recall_at_1(sim, labels)
     genus_recall = metrics.Score.of(genus_hits)
@@ -368,12 +381,13 @@ def evaluate(
         "species_recall_at_1": recall,
         "species_map": mean_ap,
         "coarse_precision_at_10": coarse_p10,
-        "species_top1_accuracy": loo.accuracy,
-        "known_species_not_sure_rate": loo.not_sure_rate,
+        "species_top1_accuracy": top1,
+        "known_species_not_sure_rate": known_unsure,
         "open_set_not_sure_rate": open_set,
         "non_animal_not_sure_rate": non_animal,
         "near_duplicate_recall_at_1": near_dup,
         "named_answer_precision": named_hits,
+        "rank_answer_precision": rank_hits,
         "genus_recall_at_1": genus_recall,
     }
 
@@ -396,15 +410,17 @@ def evaluate(
         "species_recall_at_1": _round(recall.value),
         "species_map": _round(mean_ap.value),
         "coarse_precision_at_10": _round(coarse_p10.value),
-        "species_top1_accuracy": _round(loo.accuracy.value),
-        "known_species_not_sure_rate": _round(loo.not_sure_rate.value),
+        "species_top1_accuracy": _round(top1.value),
+        "known_species_not_sure_rate": _round(known_unsure.value),
         "open_set_not_sure_rate": _round(open_set.value),
         "non_animal_not_sure_rate": _round(non_animal.value),
         "near_duplicate_recall_at_1": _round(near_dup.value),
         "ece": _round(ece),
         "ece_raw_share": _round(ece_raw),
         "named_answer_precision": _round(named_hits.value),
-        "named_answer_coverage": _round(named_hits.n / len(rows)) if held is not None else None,
+        "named_answer_coverage": _round(named_hits.n / asked) if asked else None,
+        "rank_answer_precision": _round(rank_hits.value),
+        "rank_answer_coverage": _round(rank_hits.n / asked) if asked else None,
         "genus_recall_at_1": _round(genus_recall.value),
         "query_latency_ms_p50": _round(float(np.percentile(lat, 50)), 2) if lat else None,
         "query_latency_ms_p95": _round(float(np.percentile(lat, 95)), 2) if lat else None,
@@ -416,25 +432,28 @@ def evaluate(
             "species_recall_at_1": recall.n,
             "species_map": mean_ap.n,
             "coarse_precision_at_10": coarse_p10.n,
-            "species_top1_accuracy": loo.accuracy.n,
-            "known_species_not_sure_rate": loo.not_sure_rate.n,
+            "species_top1_accuracy": top1.n,
+            "known_species_not_sure_rate": known_unsure.n,
             "open_set_not_sure_rate": open_set.n,
             "non_animal_not_sure_rate": non_animal.n,
             "near_duplicate_recall_at_1": near_dup.n,
-            "ece": len(rows) if held is not None else 0,
+            "ece": asked if held is not None else 0,
             "named_answer_precision": named_hits.n,
+            "rank_answer_precision": rank_hits.n,
             "genus_recall_at_1": genus_recall.n,
         },
         "ci95": ci95,
         "risk_coverage": {
             "target_precision": target_precision,
             "threshold_for_target": threshold_for_target,
+            # what the engine's 'auto' chose in each fold, from that fold's training photos
+            "thresholds_used": [round(t, 2) for t in served.thresholds],
             "curve": (
                 []
                 if curve is None
                 else [
                     [float(t), _round(c), _round(None if np.isnan(p) else p)]
-                    for t, c, p in zip(*curve, strict=True)
+                    for t, c, p in zip(curve.grid, curve.coverage, curve.precision, strict=True)
                 ]
             ),
         },
@@ -467,13 +486,16 @@ def evaluate(
         },
         "config": {
             "model": model,
-            "classifier": classifier_name,
+            "classifier": "engine path (core.answer.classify_neighbours), held out",
+            "answer_sources": served.sources,
+            "folds": folds,
             "k": k,
             "seed": seed,
             "batch_size": batch_size,
             "min_similarity": min_similarity,
             "min_confidence": min_confidence,
             "min_probability": min_probability,
+            "target_precision": target_precision,
             "bootstrap_reps": bootstrap_reps,
         },
         "files": {},
@@ -495,8 +517,8 @@ def evaluate(
             result["files"]["risk_coverage"] = str(
                 quality.risk_coverage_plot(
                     out / RISK_COVERAGE_NAME,
-                    *curve,
-                    threshold=min_probability,
+                    curve,
+                    threshold=float(np.median(served.thresholds)) if served.thresholds else None,
                     target=target_precision,
                 )
             )

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.calibration import MAX_PROBABILITY, VoteCalibrator
+from core.calibration import MAX_PROBABILITY, RANK_LADDER, VoteCalibrator, taxon_shares
 from core.classify import vote
 from core.head_policy import head_classification
 from core.taxonomy import lineage_for, rank_names
@@ -32,8 +32,6 @@ from core.taxonomy import lineage_for, rank_names
 if TYPE_CHECKING:
     from core.head import SpeciesHead
 
-#: Ranks tried, most specific first, when the species itself is too uncertain.
-RANK_LADDER = ("genus", "family", "order")
 
 LineageFn = Callable[[str], Mapping[str, str]]
 
@@ -56,13 +54,19 @@ def finish_answer(
     min_similarity: float,
     raw_min_confidence: float | None = None,
     lineage: LineageFn = table_lineage,
+    rank_thresholds: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Calibrate `result` (from `vote` or `head_classification`) and choose the answer's rank.
 
-    Without a calibrator the vote keeps its own decision (species or None, made with
-    `raw_min_confidence` on the raw share) and that threshold also gates the rank answer.
+    A rank answer needs its taxon's probability to reach `rank_thresholds[rank]` (default: the
+    species threshold). For the vote, that probability comes from the calibrator's own map for
+    the rank (the vote's share summed per taxon) where one was fitted, else from the species'
+    probabilities summed per taxon. Without a calibrator the vote keeps its own decision (species
+    or None, made with `raw_min_confidence` on the raw share) and that threshold also gates the
+    rank answer.
     """
     out = dict(result)
+    all_shares: dict[str, float] = dict(out.pop("shares", None) or {})
     probabilities: dict[str, float] = dict(result.get("probabilities") or {})
     names = list(probabilities)
     raw = np.array([probabilities[n] for n in names], dtype=np.float64)
@@ -100,25 +104,41 @@ def finish_answer(
             likely_species=out["species"],
         )
         return out
-    if not gate or len(names) < 2:
+    if not gate or not names:
         return out
+    shares = all_shares or dict(zip(names, raw[order], strict=True))
     for rank in RANK_LADDER:
-        totals: dict[str, float] = {}
         first: dict[str, str] = {}
-        for name, p in zip(names, probs, strict=True):
+        for name in (*names, *shares):  # shown candidates first, then every other voter
             taxon = lineage(name).get(rank)
             if taxon:
-                totals[taxon] = totals.get(taxon, 0.0) + float(p)
                 first.setdefault(taxon, name)
-        if not totals:
-            continue
-        taxon = max(totals, key=lambda t: totals[t])
-        if totals[taxon] >= threshold:
+        if source == "knn" and calibrator is not None and rank in calibrator.ranks:
+            taxa, summed = taxon_shares(list(shares), list(shares.values()), rank, lineage)
+            if not taxa:
+                continue
+            p = calibrator.rank_probability(rank, summed, float(best_similarity or 0.0))
+            assert p is not None
+            taxon, probability = taxa[0], float(p[0])
+        else:
+            if len(names) < 2:  # one species: its genus is no surer than itself
+                return out
+            totals: dict[str, float] = {}
+            for name, value in zip(names, probs, strict=True):
+                t = lineage(name).get(rank)
+                if t:
+                    totals[t] = totals.get(t, 0.0) + float(value)
+            if not totals:
+                continue
+            taxon = max(totals, key=lambda t: totals[t])
+            probability = totals[taxon]
+        needed = threshold if rank_thresholds is None else rank_thresholds.get(rank, threshold)
+        if probability >= needed:
             out.update(
                 rank=rank,
                 taxon=taxon,
-                taxon_confidence=min(totals[taxon], MAX_PROBABILITY),
-                likely_species=first[taxon],
+                taxon_confidence=min(probability, MAX_PROBABILITY),
+                likely_species=first.get(taxon),
             )
             return out
     return out
@@ -175,6 +195,16 @@ def classify_neighbours(
         min_similarity=min_similarity,
         raw_min_confidence=min_confidence,
         lineage=lineage,
+        rank_thresholds={
+            rank: named_threshold(
+                min_probability,
+                target_precision,
+                None if use_head else calibrator,
+                min_similarity,
+                rank,
+            )
+            for rank in RANK_LADDER
+        },
     )
     if out.get("calibrated"):
         out["named_threshold"] = threshold
@@ -186,6 +216,7 @@ def named_threshold(
     target_precision: float,
     calibrator: VoteCalibrator | None,
     min_similarity: float,
+    rank: str = "species",
 ) -> float:
     """The calibrated probability a species must reach to be named.
 
@@ -196,5 +227,7 @@ def named_threshold(
     """
     if configured != "auto":
         return float(configured)
-    chosen = calibrator.named_threshold(target_precision, min_similarity) if calibrator else None
+    chosen = (
+        calibrator.named_threshold(target_precision, min_similarity, rank) if calibrator else None
+    )
     return target_precision if chosen is None else chosen

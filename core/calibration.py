@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,10 @@ MAX_QUERIES = 5000
 _EPS = 1e-4
 #: Shown probabilities never reach certainty: the calibrated value is capped here.
 MAX_PROBABILITY = 0.99
+#: Ranks above the species that get their own calibration (the answer's rank ladder).
+RANK_LADDER = ("genus", "family", "order", "class")
+
+LineageFn = Callable[[str], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,42 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
 
+def _platt(
+    coef: np.ndarray, shares: np.ndarray | Sequence[float], best_similarity: float
+) -> np.ndarray:
+    """Platt-scaled probabilities of candidates, capped below 1, never summing past 1."""
+    p = _sigmoid(_features(np.asarray(shares, dtype=np.float64), best_similarity) @ coef)
+    p = np.minimum(p, MAX_PROBABILITY)
+    total = float(p.sum())
+    return p / total * MAX_PROBABILITY if total > MAX_PROBABILITY else p
+
+
+def taxon_shares(
+    names: Sequence[str], shares: Sequence[float], rank: str, lineage: LineageFn
+) -> tuple[list[str], np.ndarray]:
+    """The vote's shares summed per taxon at `rank`, largest first (candidates whose taxon is
+    unknown at that rank add to none)."""
+    totals: dict[str, float] = {}
+    for name, share in zip(names, shares, strict=True):
+        taxon = lineage(name).get(rank)
+        if taxon:
+            totals[taxon] = totals.get(taxon, 0.0) + float(share)
+    ranked = sorted(totals.items(), key=lambda item: -item[1])
+    return [t for t, _ in ranked], np.array([v for _, v in ranked], dtype=np.float64)
+
+
+def rank_rows(rows: Sequence[VoteRow], rank: str, lineage: LineageFn) -> list[VoteRow]:
+    """The held-out votes seen at `rank`: candidates are taxa, the truth the photo's own taxon.
+    Rows whose truth has no known taxon at that rank cannot be graded and are left out."""
+    out = []
+    for row in rows:
+        truth = lineage(row.truth).get(rank) if row.truth else None
+        taxa, shares = taxon_shares(row.candidates, row.shares, rank, lineage)
+        if truth and taxa:
+            out.append(VoteRow(tuple(taxa), shares, row.best_similarity, truth))
+    return out
+
+
 @dataclass
 class VoteCalibrator:
     """P(candidate is right | its vote share, the best neighbour similarity), Platt-scaled."""
@@ -73,29 +113,46 @@ class VoteCalibrator:
     fingerprint: str = ""
     key: str = ""
     report: dict[str, Any] = field(default_factory=dict)
+    #: Per rank (genus, family, order): the same map for the vote's share summed per taxon.
+    ranks: dict[str, np.ndarray] = field(default_factory=dict)
 
     def probability(
         self, shares: np.ndarray | Sequence[float], best_similarity: float
     ) -> np.ndarray:
         """Calibrated probability of each candidate (same order as `shares`), capped below 1 and
         scaled so that they never sum past 1."""
-        p = _sigmoid(_features(np.asarray(shares, dtype=np.float64), best_similarity) @ self.coef)
-        p = np.minimum(p, MAX_PROBABILITY)
-        total = float(p.sum())
-        return p / total * MAX_PROBABILITY if total > MAX_PROBABILITY else p
+        return _platt(self.coef, shares, best_similarity)
 
-    def named_threshold(self, target: float, min_similarity: float) -> float | None:
+    def rank_probability(
+        self, rank: str, shares: np.ndarray | Sequence[float], best_similarity: float
+    ) -> np.ndarray | None:
+        """Calibrated probability that each candidate taxon (its summed vote share given) is the
+        photo's taxon at `rank`; None when no calibration was fitted for that rank.
+
+        Summing the species' probabilities instead would undercount: a photo of a species the
+        collection lacks has no right species among the candidates, yet its genus or family
+        often is there."""
+        coef = self.ranks.get(rank)
+        return None if coef is None else _platt(coef, shares, best_similarity)
+
+    def named_threshold(
+        self, target: float, min_similarity: float, rank: str = "species"
+    ) -> float | None:
         """The named-answer threshold chosen from this collection's risk-coverage curve for
-        `target` precision (`core.risk_coverage`); None when none qualified or it was chosen for
-        other settings."""
+        `target` precision (`core.risk_coverage`) at `rank`; None when none qualified or it was
+        chosen for other settings."""
         r = self.report
-        chosen = r.get("named_threshold")
-        if chosen is None or r.get("target_precision") is None or r.get("min_similarity") is None:
+        if r.get("target_precision") is None or r.get("min_similarity") is None:
             return None
+        chosen = (
+            r.get("named_threshold")
+            if rank == "species"
+            else (r.get("ranks") or {}).get(rank, {}).get("named_threshold")
+        )
         same = np.isclose(r["target_precision"], target) and np.isclose(
             r["min_similarity"], min_similarity
         )
-        return float(chosen) if same else None
+        return float(chosen) if chosen is not None and same else None
 
     def save(self, models_dir: Path) -> Path:
         """Write `<models_dir>/vote_calibration.json` atomically."""
@@ -105,6 +162,7 @@ class VoteCalibrator:
             "fingerprint": self.fingerprint,
             "key": self.key,
             "coef": [float(c) for c in self.coef],
+            "ranks": {rank: [float(c) for c in coef] for rank, coef in self.ranks.items()},
             "report": self.report,
         }
         target = models_dir / CALIBRATION_FILE
@@ -123,15 +181,20 @@ def load_calibrator(models_dir: Path, *, fingerprint: str, key: str) -> VoteCali
         coef = np.asarray(body["coef"], dtype=np.float64)
         if body.get("format_version") != FORMAT_VERSION or coef.shape != (3,):
             raise ValueError("inconsistent contents")
-        if not np.all(np.isfinite(coef)):
-            raise ValueError("non-finite coefficients")
+        ranks = {
+            str(rank): np.asarray(c, dtype=np.float64)
+            for rank, c in (body.get("ranks") or {}).items()
+        }
+        for c in (coef, *ranks.values()):
+            if c.shape != (3,) or not np.all(np.isfinite(c)):
+                raise ValueError("inconsistent or non-finite coefficients")
     except Exception as exc:
         log.warning("Vote calibration %s is unreadable (%s); ignoring it.", path, exc)
         return None
     if body.get("fingerprint") != fingerprint or body.get("key") != key:
         log.info("Vote calibration %s is stale; ignoring it.", path)
         return None
-    return VoteCalibrator(coef, fingerprint, key, dict(body.get("report") or {}))
+    return VoteCalibrator(coef, fingerprint, key, dict(body.get("report") or {}), ranks)
 
 
 # --- held-out predictions -----------------------------------------------------------------------
@@ -316,10 +379,12 @@ def fit_vote_calibration(
     seed: int = 0,
     min_similarity: float | None = None,
     target_precision: float | None = None,
+    lineage: LineageFn | None = None,
 ) -> VoteCalibrator | None:
     """Leave-one-out over the photos (at most MAX_QUERIES queries) and a fitted calibrator;
     None when there are too few photos to say anything. With `min_similarity` and
-    `target_precision`, the named-answer threshold is chosen too (`choose_named_threshold`)."""
+    `target_precision`, the named-answer threshold is chosen too (`choose_named_threshold`);
+    with `lineage`, each rank of RANK_LADDER gets its own calibration and threshold."""
     n = len(labels)
     if n < MIN_QUERIES:
         return None
@@ -332,10 +397,25 @@ def fit_vote_calibration(
     cal = fit_calibrator(rows)
     cal.fingerprint, cal.key = fingerprint, key
     cal.report["k"] = k
-    if min_similarity is not None and target_precision is not None:
+    choose = min_similarity is not None and target_precision is not None
+    if choose:
         cal.report.update(
             choose_named_threshold(
                 rows, min_similarity=min_similarity, target=target_precision, seed=seed
             )
         )
+    for rank in RANK_LADDER if lineage is not None else ():
+        seen = rank_rows(rows, rank, lineage)
+        if len(seen) < MIN_QUERIES:
+            continue
+        fitted = fit_calibrator(seen)
+        cal.ranks[rank] = fitted.coef
+        summary = dict(fitted.report)
+        if choose:
+            summary.update(
+                choose_named_threshold(
+                    seen, min_similarity=min_similarity, target=target_precision, seed=seed
+                )
+            )
+        cal.report.setdefault("ranks", {})[rank] = summary
     return cal

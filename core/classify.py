@@ -53,4 +53,6 @@ def vote(
         "probabilities": probabilities,
         "source": "knn",
         "best_similarity": float(sims.max()),
+        # every species' share (not only the top ones shown): rank answers sum them per taxon
+        "shares": dict(ranked),
     }

@@ -30,6 +30,7 @@ from core.head import (
 )
 from core.seed_format import IndexData
 from core.settings import Settings
+from core.taxonomy import PAYLOAD_RANKS
 from core.vectorstore import VectorStore
 
 if TYPE_CHECKING:
@@ -377,13 +378,26 @@ def fit_head(
 
 
 def sample_store(
-    store: VectorStore, *, per_species: int = PER_SPECIES, max_total: int = MAX_TOTAL, seed: int = 0
+    store: VectorStore,
+    *,
+    per_species: int = PER_SPECIES,
+    max_total: int = MAX_TOTAL,
+    seed: int = 0,
+    lineages: dict[str, dict[str, str]] | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """(species labels, vectors) of at most `per_species` photos of each species."""
+    """(species labels, vectors) of at most `per_species` photos of each species.
+
+    `lineages`, when given, is filled with each species' ranks as indexed (taxonomy.csv
+    overrides included), from the same pass over the payloads."""
     by_species: dict[str, list[str]] = {}
     for batch in store.iterate(batch_size=8192, vectors=False):
         for id_, payload in zip(batch.ids, batch.payloads, strict=True):
-            by_species.setdefault(str(payload.get("species")), []).append(id_)
+            species = str(payload.get("species"))
+            by_species.setdefault(species, []).append(id_)
+            if lineages is not None and species not in lineages:
+                lineages[species] = {
+                    rank: str(payload[rank]) for rank in PAYLOAD_RANKS if payload.get(rank)
+                }
     rng = np.random.default_rng(seed)
     cap = per_species_cap(len(by_species), per_species=per_species, max_total=max_total)
     chosen: list[str] = []
@@ -455,7 +469,8 @@ def calibrate_vote_from_store(
         if existing is not None and current:
             return existing.report
     try:
-        labels, vectors = sample_store(store)
+        lineages: dict[str, dict[str, str]] = {}
+        labels, vectors = sample_store(store, lineages=lineages)
         cal = fit_vote_calibration(
             labels,
             vectors,
@@ -464,6 +479,7 @@ def calibrate_vote_from_store(
             k=k,
             min_similarity=min_similarity,
             target_precision=target_precision,
+            lineage=lambda name: lineages.get(name) or {},
         )
         if cal is None:
             log.info("Vote calibration skipped: too few photos.")

@@ -100,7 +100,7 @@ def measure(
     """Served answers for every query (grouped, collection = originals) and what they score."""
     got = held_out_answers(x, labels, policy, folds=FOLDS, seed=seed, groups=group, voters=original)
     named, right = got.named(), got.right()
-    rank_answered, rank_right = got.rank_outcomes()
+    graded, rank_right = got.rank_outcomes()
     conf, top = got.confidence(), got.top_correct()
     hits = right[named].astype(float)
     ci = quality.bootstrap_ci(hits, seed=seed) if hits.size else None
@@ -115,9 +115,10 @@ def measure(
         "named_precision_ci95": None if ci is None else [round(ci[0], 3), round(ci[1], 3)],
         "coverage": round(float(named.mean()), 3),
         "top1_right": round(float(right.mean()), 3),
-        "rank_answers": int(rank_answered.sum()),
+        "rank_answers": int(got.rank_answered().sum()),
+        "rank_answers_graded": int(graded.sum()),
         "rank_answer_precision": (
-            round(float(rank_right[rank_answered].mean()), 3) if rank_answered.any() else None
+            round(float(rank_right[graded].mean()), 3) if graded.any() else None
         ),
         "ece": round(expected_calibration_error(conf, top), 4),
         "ece_raw_share": round(expected_calibration_error(got.raw_share(), top), 4),

@@ -148,3 +148,79 @@ def test_reindex_fits_the_calibration_and_the_engine_serves_it(tmp_path) -> None
     make_collection(root, {"Dd_dd": 2})
     engine.reindex(train="skip")
     assert engine.classify(query)["calibrated"] is False
+
+
+def _genera_of_singletons(seed: int, genera: int = 40, per_genus: int = 4, noise: float = 0.9):
+    """Every species has one photo (never nameable), but the species of one genus look alike:
+    what a collection of mostly single photos gives the answer ladder to work with."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(genera, 32))
+    x = np.repeat(centres, per_genus, axis=0) + noise * rng.normal(size=(genera * per_genus, 32))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = [f"Genus{i // per_genus} species{i}" for i in range(genera * per_genus)]
+    lineage = {
+        name: {"genus": name.split()[0], "family": f"Fam{int(name.split()[0][5:]) // 2}"}
+        for name in labels
+    }
+    return x.astype(np.float32), labels, lineage
+
+
+def test_rank_rows_sum_shares_per_taxon_and_grade_the_truth_s_taxon() -> None:
+    from core.calibration import VoteRow, rank_rows
+
+    lineage = {
+        "A a": {"genus": "A"},
+        "A b": {"genus": "A"},
+        "B c": {"genus": "B"},
+        "A z": {"genus": "A"},
+    }
+    row = VoteRow(("B c", "A a", "A b"), np.array([0.4, 0.35, 0.25]), 0.7, "A z")
+    seen = rank_rows(
+        [row, VoteRow(("A a",), np.ones(1), 0.7, "X")], "genus", lambda n: lineage.get(n, {})
+    )
+    assert len(seen) == 1  # the second truth has no genus: it cannot be graded
+    assert seen[0].candidates == ("A", "B") and np.allclose(seen[0].shares, [0.6, 0.4])
+    assert seen[0].truth == "A"
+
+
+def test_the_genus_is_answered_when_no_species_can_be() -> None:
+    from kontrol.evaluation.served import AnswerPolicy, held_out_answers
+
+    x, labels, lineage = _genera_of_singletons(0)
+    got = held_out_answers(
+        x,
+        labels,
+        AnswerPolicy(k=10, min_similarity=0.3, min_confidence=0.35),
+        lineage=lambda name: lineage.get(name, {}),
+    )
+    assert not got.named().any()  # one photo per species: never named
+    answered, right = got.rank_outcomes(lambda name: lineage.get(name, {}))
+    assert answered.sum() >= 100  # the genus (or family) instead of "not sure"
+    assert right[answered].mean() >= 0.85
+    assert {a["rank"] for a in np.array(got.answers)[answered]} <= {"genus", "family"}
+
+
+def test_rank_calibration_round_trips_and_old_files_still_load(tmp_path) -> None:
+    import json
+
+    x, labels, lineage = _genera_of_singletons(1)
+    cal = fit_vote_calibration(
+        labels,
+        x,
+        fingerprint="m",
+        key="k",
+        min_similarity=0.3,
+        target_precision=0.85,
+        lineage=lambda name: lineage.get(name, {}),
+    )
+    assert cal is not None and set(cal.ranks) == {"genus", "family"}
+    assert cal.named_threshold(0.85, 0.3, "genus") is not None
+    cal.save(tmp_path)
+    back = load_calibrator(tmp_path, fingerprint="m", key="k")
+    assert back is not None and np.allclose(back.ranks["genus"], cal.ranks["genus"])
+    body = json.loads((tmp_path / "vote_calibration.json").read_text())
+    del body["ranks"]  # a file from before rank calibration
+    (tmp_path / "vote_calibration.json").write_text(json.dumps(body))
+    old = load_calibrator(tmp_path, fingerprint="m", key="k")
+    assert old is not None and old.ranks == {}
+    assert old.rank_probability("genus", [0.5], 0.5) is None

@@ -111,14 +111,21 @@ def test_answers_are_the_engine_function_s() -> None:
 
 def test_rank_outcomes_check_the_named_taxon() -> None:
     answers = Answers(
-        queries=np.arange(3),
-        truth=["Felis catus", "Canis lupus", "Felis catus"],
+        queries=np.arange(4),
+        truth=["Felis catus", "Canis lupus", "Felis catus", "Nogenus inventus"],
         answers=[
             {"species": None, "rank": "genus", "taxon": "Felis"},
             {"species": None, "rank": "genus", "taxon": "Felis"},
             {"species": "Felis catus", "rank": "species", "taxon": "Felis catus"},
+            {"species": None, "rank": "family", "taxon": "Felidae"},
         ],
     )
-    answered, right = answers.rank_outcomes()
-    assert answered.tolist() == [True, True, False]
-    assert right.tolist() == [True, False, False]
+    lineage = {
+        "Felis catus": {"genus": "Felis", "family": "Felidae"},
+        "Canis lupus": {"genus": "Canis", "family": "Canidae"},
+        "Nogenus inventus": {},
+    }
+    graded, right = answers.rank_outcomes(lambda name: lineage[name])
+    assert graded.tolist() == [True, True, False, False]  # the last truth's family is unknown
+    assert right.tolist() == [True, False, False, False]
+    assert answers.rank_answered().tolist() == [True, True, False, True]

@@ -146,7 +146,7 @@ _METRIC_ROWS = [
     ("near_duplicate_recall_at_1", "Near-duplicate recall@1 (6 alterations)", True),
     ("genus_recall_at_1", "Genus recall@1 (nearest other photo, same genus)", True),
     ("named_answer_precision", "Precision of named answers (calibrated, held-out)", True),
-    ("rank_answer_precision", "Precision of genus/family/order answers (held-out)", True),
+    ("rank_answer_precision", "Precision of genus/family/order/class answers (held-out)", True),
     ("ece", "Calibration error ECE, 15 bins (held-out; lower is better)", False),
 ]
 

@@ -340,8 +340,8 @@ def evaluate(
 
     # Answer quality over every photo asked as new, singletons included.
     named_hits = metrics.Score.of(right[named_mask])
-    rank_answered, rank_right = served.rank_outcomes(lineage)
-    rank_hits = metrics.Score.of(rank_right[rank_answered])
+    rank_graded, rank_right = served.rank_outcomes(lineage)  # answers whose truth is known there
+    rank_hits = metrics.Score.of(rank_right[rank_graded])
     asked = len(served.queries)
     held = None
     if asked >= MIN_NAMED:
@@ -420,7 +420,7 @@ def evaluate(
         "named_answer_precision": _round(named_hits.value),
         "named_answer_coverage": _round(named_hits.n / asked) if asked else None,
         "rank_answer_precision": _round(rank_hits.value),
-        "rank_answer_coverage": _round(rank_hits.n / asked) if asked else None,
+        "rank_answer_coverage": _round(float(served.rank_answered().mean())) if asked else None,
         "genus_recall_at_1": _round(genus_recall.value),
         "query_latency_ms_p50": _round(float(np.percentile(lat, 50)), 2) if lat else None,
         "query_latency_ms_p95": _round(float(np.percentile(lat, 95)), 2) if lat else None,

@@ -62,7 +62,12 @@ class Models:
 
 
 def fit_models(
-    labels: Sequence[str], vectors: np.ndarray, policy: AnswerPolicy, *, seed: int = 0
+    labels: Sequence[str],
+    vectors: np.ndarray,
+    policy: AnswerPolicy,
+    *,
+    seed: int = 0,
+    lineage: LineageFn = table_lineage,
 ) -> Models:
     """The head, vote calibration and named-answer threshold the engine would fit on these
     photos, in memory."""
@@ -82,6 +87,7 @@ def fit_models(
         seed=seed,
         min_similarity=policy.min_similarity,
         target_precision=policy.target_precision,
+        lineage=lineage,
     )
     return Models(head, calibrator)
 
@@ -132,15 +138,21 @@ class Answers:
         return np.array([float(a.get("best_similarity", -1.0)) for a in self.answers])
 
     def rank_outcomes(self, lineage: LineageFn = table_lineage) -> tuple[np.ndarray, np.ndarray]:
-        """(answered at genus/family/order, that taxon is the truth's): the answers a naturalist
-        gets when the species is uncertain, and whether they hold."""
-        answered, right = [], []
+        """(graded answers at genus/family/order/class, that taxon is the truth's): the answers a
+        naturalist gets when the species is uncertain, and whether they hold. An answer whose
+        truth has no known taxon at that rank (a genus the tables lack) cannot be graded and is
+        left out of both; `rank_answered` counts it."""
+        graded, right = [], []
         for a, t in zip(self.answers, self.truth, strict=True):
             rank = a.get("rank")
-            higher = rank not in (None, "species")
-            answered.append(higher)
-            right.append(higher and lineage(t).get(rank) == a.get("taxon"))
-        return np.array(answered, dtype=bool), np.array(right, dtype=bool)
+            truth = lineage(t).get(rank) if rank not in (None, "species") else None
+            graded.append(truth is not None)
+            right.append(truth is not None and truth == a.get("taxon"))
+        return np.array(graded, dtype=bool), np.array(right, dtype=bool)
+
+    def rank_answered(self) -> np.ndarray:
+        """Answers given at a rank above the species."""
+        return np.array([a.get("rank") not in (None, "species") for a in self.answers], dtype=bool)
 
 
 def _answer(
@@ -200,7 +212,9 @@ def held_out_answers(
         train = voting & (fold != f)
         if not train.any():
             continue
-        models = fit_models([labels[i] for i in np.flatnonzero(train)], x[train], policy, seed=seed)
+        models = fit_models(
+            [labels[i] for i in np.flatnonzero(train)], x[train], policy, seed=seed, lineage=lineage
+        )
         thresholds.append(
             named_threshold(
                 policy.min_probability,
@@ -244,7 +258,7 @@ def outsider_answers(
     fitted on the whole collection: what the engine would say to them."""
     x = np.asarray(vectors, dtype=np.float32)
     labels = [str(v) for v in labels]
-    models = fit_models(labels, x, policy, seed=seed)
+    models = fit_models(labels, x, policy, seed=seed, lineage=lineage)
     out = []
     for row in np.asarray(queries, dtype=np.float32).reshape(-1, x.shape[1]):
         sims = x @ row

@@ -82,6 +82,17 @@ class Settings(BaseSettings):
             "near-duplicate recall at the pooled level's >= 0.995 on the demo's 510 queries."
         ),
     )
+    lineage_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "imagenet_fusion / flip_fusion: share of the class part moved from ImageNet's classes to "
+            "their genus, family, order and class (core/data/imagenet_lineage.csv), so two species "
+            "of one genus or family count as near. 0 = plain fusion (same vectors and index). "
+            "Part of the index fingerprint when > 0. Measured in BENCHMARKS.md (lineage section)."
+        ),
+    )
     fusion_temperature: float = Field(
         1.0,
         gt=0.0,

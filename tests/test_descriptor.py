@@ -144,6 +144,21 @@ def test_engine_indexes_and_searches_fused_vectors(tiny_settings) -> None:
     assert other.reindex().full_rebuild
 
 
+def test_engine_rebuilds_an_index_of_another_lineage_weight(tiny_settings) -> None:
+    def engine(lam: float) -> Engine:
+        emb = DescriptorEmbedder(
+            LogitsEmbedder(), "imagenet_fusion", fusion_weight=0.5, lineage_weight=lam
+        )
+        return Engine(tiny_settings, embedder=emb)
+
+    assert engine(0.0).reindex().full_rebuild
+    assert not engine(0.0).reindex().full_rebuild  # same λ: kept
+    lineage = engine(0.5)
+    assert lineage.reindex().full_rebuild  # another λ: rebuilt, never mixed
+    assert lineage.store.info().dim == lineage.embedder.dim == 560  # 48 + 398 + 102 -> 560
+    assert lineage.store.count() == 13
+
+
 # --- lineage (KONTROL_LINEAGE_WEIGHT) ----------------------------------------------------------------
 
 

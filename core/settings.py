@@ -67,9 +67,10 @@ class Settings(BaseSettings):
             "What a photo is indexed and searched by (core/embedders/descriptor.py): pooled "
             "(backbone embedding), flip (mean with the mirrored photo; 2x the compute), "
             "imagenet_fusion (embedding joined with the ImageNet animal-class probabilities; "
-            "1680 dims), or flip_fusion (both). model=checkpoint has no ImageNet head, so the "
-            "fusion part is dropped there. Part of the index fingerprint: changing it rebuilds "
-            "the index. Default and alternatives measured in BENCHMARKS.md (quality section)."
+            "1680 dims, 1792 with lineage_weight > 0), or flip_fusion (both). model=checkpoint "
+            "has no ImageNet head, so the fusion part is dropped there. Part of the index "
+            "fingerprint: changing it rebuilds the index. Default and alternatives measured in "
+            "BENCHMARKS.md (quality section)."
         ),
     )
     fusion_weight: float = Field(
@@ -80,6 +81,19 @@ class Settings(BaseSettings):
             "imagenet_fusion / flip_fusion: share of the cosine similarity given to the ImageNet class "
             "probabilities (0 = pooled embedding only). 0.2 is the largest weight that kept "
             "near-duplicate recall at the pooled level's >= 0.995 on the demo's 510 queries."
+        ),
+    )
+    lineage_weight: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "imagenet_fusion / flip_fusion: share of the class part moved from ImageNet's classes to "
+            "their genus, family, order and class (core/data/imagenet_lineage.csv), so two species "
+            "of one genus or family count as near (1792 dims). 0 = plain fusion (today's 1680-d "
+            "vectors and index). Part of the index fingerprint when > 0. 0.25: coarse figures up "
+            "with paired intervals above 0, species, near-duplicate and open-set figures within "
+            "noise on the demo; 0.5 passes too, 0.75 lowers the open-set rate (BENCHMARKS.md)."
         ),
     )
     fusion_temperature: float = Field(

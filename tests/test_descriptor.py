@@ -11,11 +11,18 @@ from PIL import Image, ImageOps
 
 from core.embedders import create_embedder
 from core.embedders.base import Embedder, EmbedOutput, l2_normalize
-from core.embedders.descriptor import DescriptorEmbedder, animal_hellinger
+from core.embedders.descriptor import (
+    DIM_MULTIPLE,
+    DescriptorEmbedder,
+    animal_hellinger,
+    animal_softmax,
+    lineage_groups,
+)
 from core.engine import Engine
 from core.errors import ConfigError
 from core.imagenet import NUM_ANIMALS
 from core.settings import load_settings
+from core.taxonomy import imagenet_lineage
 from tests.helpers import TinyEmbedder, make_image
 
 
@@ -135,3 +142,150 @@ def test_engine_indexes_and_searches_fused_vectors(tiny_settings) -> None:
     # Another descriptor's index is rebuilt from scratch, never mixed.
     other = Engine(tiny_settings, embedder=DescriptorEmbedder(LogitsEmbedder(), "flip"))
     assert other.reindex().full_rebuild
+
+
+def test_engine_rebuilds_an_index_of_another_lineage_weight(tiny_settings) -> None:
+    def engine(lam: float) -> Engine:
+        emb = DescriptorEmbedder(
+            LogitsEmbedder(), "imagenet_fusion", fusion_weight=0.5, lineage_weight=lam
+        )
+        return Engine(tiny_settings, embedder=emb)
+
+    assert engine(0.0).reindex().full_rebuild
+    assert not engine(0.0).reindex().full_rebuild  # same λ: kept
+    lineage = engine(0.5)
+    assert lineage.reindex().full_rebuild  # another λ: rebuilt, never mixed
+    assert lineage.store.info().dim == lineage.embedder.dim == 560  # 48 + 398 + 102 -> 560
+    assert lineage.store.count() == 13
+
+
+# --- lineage (KONTROL_LINEAGE_WEIGHT) ----------------------------------------------------------------
+
+
+def _peaked(*classes: int) -> np.ndarray:
+    """One row of 1000 logits per ImageNet class, confident in it."""
+    logits = np.zeros((len(classes), 1000), dtype=np.float32)
+    logits[np.arange(len(classes)), classes] = 20.0
+    return logits
+
+
+def _index_of(name: str) -> int:
+    return next(i for i in range(NUM_ANIMALS) if imagenet_lineage(i).species == name)
+
+
+def test_lineage_zero_is_todays_fusion_exactly(tmp_path: Path) -> None:
+    base = LogitsEmbedder()
+    images = [make_image(i) for i in range(4)]
+    raw = base.embed_images(images)
+    for descriptor in ("imagenet_fusion", "flip_fusion"):
+        emb = DescriptorEmbedder(base, descriptor, fusion_weight=0.3, lineage_weight=0.0)
+        assert emb.tag == f"{descriptor}-w0.3-t1-d1" and emb.dim == 448
+    emb = DescriptorEmbedder(base, "imagenet_fusion", fusion_weight=0.3, lineage_weight=0.0)
+    # today's arithmetic, written out: any change to the λ = 0 vectors would rebuild indexes
+    w = 0.3
+    pad = np.zeros((4, 448 - 48 - NUM_ANIMALS), dtype=np.float32)
+    today = l2_normalize(
+        np.concatenate(
+            [
+                np.sqrt(1 - w) * l2_normalize(raw.embeddings),
+                np.sqrt(w) * animal_hellinger(raw.logits),
+                pad,
+            ],
+            axis=1,
+        )
+    )
+    np.testing.assert_array_equal(emb.embed_images(images).embeddings, today)
+    settings = load_settings(models_dir=tmp_path, runtime="torch", lineage_weight=0.0)
+    prints = create_embedder(settings).fingerprint
+    assert prints.endswith(f"|imagenet_fusion-w{settings.fusion_weight:g}-t1-d1")
+
+
+def test_lineage_weight_is_in_the_fingerprint(tmp_path: Path) -> None:
+    base = {"models_dir": tmp_path, "runtime": "torch", "descriptor": "imagenet_fusion"}
+    prints = [
+        create_embedder(load_settings(**base, lineage_weight=lam)).fingerprint
+        for lam in (0.0, 0.25, 0.5)
+    ]
+    assert len(set(prints)) == 3
+    assert f"-l0.25-{lineage_groups().digest}-" in prints[1]
+    # pooled / flip have no class part: λ changes nothing there, nor their fingerprint
+    flips = {
+        create_embedder(
+            load_settings(**{**base, "descriptor": "flip"}, lineage_weight=lam)
+        ).fingerprint
+        for lam in (0.0, 0.5)
+    }
+    assert len(flips) == 1
+
+
+@pytest.mark.parametrize("descriptor", ["imagenet_fusion", "flip_fusion"])
+@pytest.mark.parametrize("lam", [0.25, 1.0])
+def test_lineage_rows_are_unit_and_padded(descriptor: str, lam: float) -> None:
+    emb = DescriptorEmbedder(LogitsEmbedder(), descriptor, fusion_weight=0.4, lineage_weight=lam)
+    out = emb.embed_images([make_image(i) for i in range(3)]).embeddings
+    assert out.shape == (3, emb.dim) and emb.dim % DIM_MULTIPLE == 0
+    assert emb.dim >= 48 + NUM_ANIMALS + lineage_groups().columns
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_lineage_similarity_is_the_documented_mix() -> None:
+    """cos = (1-w) cos(e,e') + w [(1-λ) BC(p,p') + λ mean_rank BC(p_rank,p_rank')], with a class
+    whose rank is unknown grouped by its nearest known lower rank."""
+    w, lam = 0.3, 0.6
+    rng = np.random.default_rng(1)
+    out = EmbedOutput(l2_normalize(rng.normal(size=(3, 48))), rng.normal(size=(3, 1000)) * 3)
+    fused = DescriptorEmbedder(
+        LogitsEmbedder(), "imagenet_fusion", fusion_weight=w, lineage_weight=lam
+    )
+    vec = fused._fuse(out).embeddings
+    p = animal_softmax(out.logits)
+    ranks = ("genus", "family", "order", "class")
+    rank_bc = np.zeros((3, 3))
+    for i in range(len(ranks)):
+        keys = []
+        for c in range(NUM_ANIMALS):
+            lineage = imagenet_lineage(c)
+            keys.append(next((lineage.get(r) for r in ranks[i::-1] if lineage.get(r)), f"#{c}"))
+        names = sorted(set(keys))
+        member = np.zeros((NUM_ANIMALS, len(names)))
+        member[np.arange(NUM_ANIMALS), [names.index(k) for k in keys]] = 1
+        q = np.sqrt(p @ member)
+        rank_bc += q @ q.T / len(ranks)
+    bc = np.sqrt(p) @ np.sqrt(p).T
+    expected = (1 - w) * out.embeddings @ out.embeddings.T + w * ((1 - lam) * bc + lam * rank_bc)
+    np.testing.assert_allclose(vec @ vec.T, expected, atol=1e-5)
+
+
+def test_lineage_credits_relatives_not_strangers() -> None:
+    leopard, jaguar = _index_of("Panthera pardus"), _index_of("Panthera onca")
+    cougar = _index_of("Puma concolor")
+    bird = next(i for i in range(NUM_ANIMALS) if imagenet_lineage(i).class_ == "Aves")
+    assert imagenet_lineage(cougar).family == imagenet_lineage(leopard).family == "Felidae"
+    # the same image embedding for all rows: only the class part differs between pairs
+    logits = _peaked(leopard, jaguar, cougar, bird)
+    out = EmbedOutput(l2_normalize(np.ones((4, 48), dtype=np.float32)), logits)
+
+    def sims(lam: float) -> np.ndarray:
+        emb = DescriptorEmbedder(
+            LogitsEmbedder(), "imagenet_fusion", fusion_weight=0.3, lineage_weight=lam
+        )
+        vec = emb._fuse(out).embeddings
+        return vec @ vec.T
+
+    plain, lineage = sims(0.0), sims(0.5)
+    assert lineage[0, 1] > plain[0, 1] + 0.05  # same genus, other species
+    assert lineage[0, 2] > plain[0, 2] + 0.03  # same family, other genus
+    assert lineage[0, 1] > lineage[0, 2]  # the closer relative gains more
+    assert lineage[0, 3] == pytest.approx(plain[0, 3], abs=1e-3)  # a bird is no relative
+
+
+def test_lineage_weight_out_of_range_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="KONTROL_LINEAGE_WEIGHT must be within"):
+        DescriptorEmbedder(LogitsEmbedder(), "imagenet_fusion", lineage_weight=1.5)
+    with pytest.raises(ConfigError, match="KONTROL_LINEAGE_WEIGHT"):
+        load_settings(lineage_weight=-0.1)
+    monkeypatch.setenv("KONTROL_LINEAGE_WEIGHT", "1.01")
+    with pytest.raises(ConfigError, match="KONTROL_LINEAGE_WEIGHT"):
+        load_settings()
+    monkeypatch.setenv("KONTROL_LINEAGE_WEIGHT", "0.5")
+    assert load_settings().lineage_weight == 0.5

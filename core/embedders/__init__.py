@@ -83,4 +83,5 @@ def create_embedder(settings: Settings, *, random_weights: bool = False) -> Embe
         descriptor,
         fusion_weight=settings.fusion_weight,
         fusion_temperature=settings.fusion_temperature,
+        lineage_weight=settings.lineage_weight,
     )

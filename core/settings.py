@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         10, ge=1, le=100, description="Neighbours that vote in the nearest-neighbour classifier."
     )
     classify_min_similarity: float = Field(
-        0.55,
+        0.6,
         ge=-1.0,
         le=1.0,
         description=(

@@ -46,6 +46,7 @@ def non_animal_photos(folder: str | None) -> list[Path]:
     found = []
     for module, rel in (
         ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+        ("matplotlib", "mpl-data/sample_data/Minduka_Present_Blue_Pack.png"),
         ("sklearn", "datasets/images/china.jpg"),
         ("sklearn", "datasets/images/flower.jpg"),
     ):

@@ -44,10 +44,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import embedders
-from core.calibration import expected_calibration_error
+from core.calibration import LineageFn, expected_calibration_error
 from core.imageio import load_image
 from core.risk_coverage import MIN_NAMED
 from core.settings import get_settings
+from core.taxonomy import lineage_for, load_taxonomy_csv, rank_names
 from kontrol.evaluation import quality
 from kontrol.evaluation.augment import alter_all
 from kontrol.evaluation.cli import non_animal_photos
@@ -112,15 +113,17 @@ def measure(
     policy: AnswerPolicy,
     seed: int,
     negatives: np.ndarray,
+    lineage: LineageFn,
 ) -> dict[str, Any]:
     """Served answers for every query (grouped, collection = originals) and what they score."""
-    got = held_out_answers(x, labels, policy, folds=FOLDS, seed=seed, groups=group, voters=original)
-    named, right = got.named(), got.right()
-    graded, rank_right = got.rank_outcomes()
-    any_graded, any_right = named | graded, right | rank_right
-    outsiders = outsider_answers(
-        negatives, x[original], [lab for lab, o in zip(labels, original, strict=True) if o], policy
+    got = held_out_answers(
+        x, labels, policy, folds=FOLDS, seed=seed, groups=group, voters=original, lineage=lineage
     )
+    named, right = got.named(), got.right()
+    graded, rank_right = got.rank_outcomes(lineage)
+    any_graded, any_right = named | graded, right | rank_right
+    kept = [lab for lab, o in zip(labels, original, strict=True) if o]
+    outsiders = outsider_answers(negatives, x[original], kept, policy, lineage=lineage)
     conf, top = got.confidence(), got.top_correct()
     hits = right[named].astype(float)
     ci = quality.bootstrap_ci(hits, seed=seed) if hits.size else None
@@ -172,6 +175,11 @@ def main() -> int:
     args = parser.parse_args()
     settings = _settings()
     images = Path(args.images)
+    overrides = load_taxonomy_csv(images)  # the collection's taxonomy.csv, as the indexer reads it
+
+    def lineage(name: str) -> dict[str, str]:
+        return rank_names(lineage_for(name, overrides))
+
     manifest = Path(args.manifest) if args.manifest else (images / "manifest.csv")
     started = time.perf_counter()
     x, labels, group, original = embed_collection(images, manifest if manifest.exists() else None)
@@ -187,7 +195,7 @@ def main() -> int:
     answered: dict[tuple[int, float], np.ndarray] = {}
     for k in GRID_K:
         for m in GRID_MIN_SIMILARITY:
-            grid[k, m] = measure(x, labels, group, original, policy(k, m), 0, negatives)
+            grid[k, m] = measure(x, labels, group, original, policy(k, m), 0, negatives, lineage)
             answered[k, m] = grid[k, m].pop("_answered")
 
     def flat(key: tuple[int, float]) -> bool:
@@ -225,7 +233,16 @@ def main() -> int:
 
     def rerun(min_probability: float | str) -> list[dict[str, Any]]:
         rows = [
-            measure(x, labels, group, original, policy(*chosen, min_probability), seed, negatives)
+            measure(
+                x,
+                labels,
+                group,
+                original,
+                policy(*chosen, min_probability),
+                seed,
+                negatives,
+                lineage,
+            )
             for seed in SEEDS
         ]
         return [{k: v for k, v in row.items() if k != "_answered"} for row in rows]

@@ -437,3 +437,32 @@ def test_real_build_end_to_end(tmp_path: Path) -> None:
         with Image.open(jpg) as im:
             assert im.mode == "RGB" and min(im.size) >= 100
     assert build_demo_collection(dest, cache_dir=cache).rebuilt is False
+
+
+def test_taxonomy_rows_cover_the_demo_taxa_the_tables_lack(tmp_path: Path) -> None:
+    """The bundled taxonomy rows parse as a collection's taxonomy.csv and complete the lineage
+    of every demo taxon below order level (Strigiformes is an order: it has no family)."""
+    import shutil
+
+    from core.taxonomy import lineage_for, load_taxonomy_csv
+
+    shutil.copy(demo.TAXONOMY_CSV, tmp_path / "taxonomy.csv")
+    overrides = load_taxonomy_csv(tmp_path)
+    photos = demo.read_labels()
+    taxa = {p.scientific_name.replace("_", " ") for p in photos}
+    assert set(overrides) <= taxa
+    for name in taxa - {"Strigiformes"}:
+        lineage = lineage_for(name, overrides)
+        assert lineage.family and lineage.order and lineage.class_, name
+
+
+def test_build_writes_the_taxonomy_of_its_taxa(
+    tmp_path: Path, labels: Path, built: tuple[Path, demo.DemoReport]
+) -> None:
+    dest, _ = built
+    assert (dest / "taxonomy.csv").read_text().splitlines() == [
+        "scientific_name,genus,family,order,class"
+    ]  # none of the test collection's taxa needs a row
+    (dest / "taxonomy.csv").unlink()
+    again = build_demo_collection(dest, labels=labels)  # complete: not rebuilt, file restored
+    assert again.rebuilt is False and (dest / "taxonomy.csv").is_file()

@@ -38,6 +38,10 @@ RCC_FILES = (
 LABELS_CSV = Path(__file__).parent / "data" / "demo_collection_labels.csv"
 DEFAULT_CACHE_DIR = Path("data/cache")
 MANIFEST = "manifest.csv"
+#: Lineage of the demo taxa the packaged WordNet tables lack (WordNet's 2006 names, as the tables
+#: use: wrasses and mullets in Perciformes, ray-finned fish in Osteichthyes), written into the
+#: collection as its `taxonomy.csv` (core/taxonomy.py reads it as overrides).
+TAXONOMY_CSV = Path(__file__).parent / "data" / "demo_taxonomy.csv"
 ATTRIBUTION = "ATTRIBUTION.md"
 JPEG_QUALITY = 92
 # Stable ids: the same resource always becomes the same file name, so rebuilds and indexes agree.
@@ -380,6 +384,7 @@ def build_demo_collection(
     dest = Path(dest)
     photos = read_labels(labels)
     if not force and is_complete(dest, photos):
+        _write_taxonomy(dest, photos)  # a collection built before the table shipped gets it too
         return DemoReport(
             photos=len(photos),
             taxa=len({p.scientific_name for p in photos}),
@@ -402,6 +407,7 @@ def build_demo_collection(
     try:
         final, warnings = _write_collection(tmp, photos, archives)
         _write_attribution(tmp / ATTRIBUTION, final, version)
+        _write_taxonomy(tmp, final)
         _write_manifest(tmp / MANIFEST, final)  # last: its presence marks a complete collection
         _swap_into_place(tmp, dest)
     except BaseException:
@@ -510,6 +516,20 @@ def _sidecar(photo: DemoPhoto) -> dict[str, str]:
 def _modifications(photo: DemoPhoto) -> str:
     upstream = f"{photo.modifications} by GCompris; " if photo.modifications else ""
     return f"{upstream}converted from WebP to JPEG (quality {JPEG_QUALITY}) by kontrol"
+
+
+def _write_taxonomy(root: Path, photos: list[DemoPhoto]) -> None:
+    """`taxonomy.csv`: the bundled lineage rows of the taxa in the collection (kept if current)."""
+    from core.atomic import atomic_file
+
+    taxa = {p.scientific_name for p in photos}
+    lines = TAXONOMY_CSV.read_text(encoding="utf-8").splitlines()
+    text = "\n".join([lines[0], *(ln for ln in lines[1:] if ln.split(",")[0] in taxa)]) + "\n"
+    target = root / "taxonomy.csv"
+    if target.is_file() and target.read_text(encoding="utf-8") == text:
+        return
+    with atomic_file(target, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _write_manifest(path: Path, photos: list[DemoPhoto]) -> None:

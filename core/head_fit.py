@@ -302,15 +302,33 @@ def _calibration_line(cal: dict[str, Any] | None) -> str:
     if target is None:
         return line
     if cal.get("named_threshold") is None:
-        return line + (
-            f"\nNamed-answer threshold: no threshold keeps {target:.0%} precision on this "
-            f"collection's held-out curve; the target {target:g} itself is used."
+        return (
+            line
+            + (
+                f"\nNamed-answer threshold: no threshold keeps {target:.0%} precision on this "
+                f"collection's held-out curve; the target {target:g} itself is used."
+            )
+            + _rank_lines(cal)
         )
-    return line + (
+    line += (
         f"\nNamed-answer threshold for {target:.0%} precision: {cal['named_threshold']:.2f} "
         f"(held out: {cal['named_coverage']:.0%} of queries named, "
         f"{cal['named_precision']:.0%} of them right)."
     )
+    return line + _rank_lines(cal)
+
+
+def _rank_lines(cal: dict[str, Any]) -> str:
+    """One line per rank with its own calibration: the threshold its curve chose, if any."""
+    parts = []
+    for rank, r in (cal.get("ranks") or {}).items():
+        chosen = r.get("named_threshold")
+        parts.append(
+            f"{rank} {chosen:.2f} ({r['named_precision']:.0%} right)"
+            if chosen is not None
+            else f"{rank}: none, {cal['target_precision']:g} used"
+        )
+    return f"\nRank answers ({'; '.join(parts)})." if parts else ""
 
 
 def train_head_cli(args: argparse.Namespace, settings: Settings) -> int:
@@ -322,10 +340,21 @@ def train_head_cli(args: argparse.Namespace, settings: Settings) -> int:
     engine.store.check(engine.embedder.fingerprint, engine.embedder.dim)
     report = engine.train_head(force=True)
     if report is None:
-        raise HeadTrainingError(
-            "A species head needs at least two species with two or more photos each; "
-            "add photos and re-index."
+        from core.engine import label_set_key
+
+        key = label_set_key(engine.species_counts())
+        cal = load_calibrator(settings.models_dir, fingerprint=engine.embedder.fingerprint, key=key)
+        if cal is None:
+            raise HeadTrainingError(
+                "A species head needs at least two species with two or more photos each; "
+                "add photos and re-index."
+            )
+        # no head, but the vote's calibration and thresholds were fitted: say so, succeed
+        print(
+            "No species head: fewer than two species have two or more photos, so the "
+            "neighbour vote answers." + _calibration_line(cal.report)
         )
+        return 0
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
     else:

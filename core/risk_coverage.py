@@ -3,7 +3,7 @@
 A species is named when its calibrated probability reaches a threshold t (and the best neighbour
 is similar enough). Lower t names more queries (coverage) and gets more of them wrong (risk). The
 user states the precision named answers must keep (KONTROL_CLASSIFY_TARGET_PRECISION, 85 % by
-default); the threshold is the lowest t whose whole neighbourhood [t - 0.05, t + 0.05] keeps that
+default); the threshold is the lowest t >= 0.5 whose whole neighbourhood [t - 0.05, t + 0.05] keeps that
 precision on held-out queries (a flat optimum, not a lucky spike), with enough named answers to
 say so. The curve is measured on the same leave-one-out votes the calibration is fitted on, each
 query's probability coming from a calibrator fitted on the other folds (cross-fitting), so the
@@ -26,6 +26,9 @@ MIN_NAMED = 10
 #: Half-width of the plateau a chosen threshold must sit on.
 WINDOW = 0.05
 GRID = np.round(np.arange(0.0, 0.991, 0.01), 2)
+#: No threshold below this is chosen: a named answer is never more likely wrong than right, even
+#: where the rest of the curve would carry it (a collection whose class answers are all right).
+MIN_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,12 @@ def risk_coverage(
 
 
 def choose_threshold(
-    curve: Curve, *, target: float, window: float = WINDOW, min_coverage: float = 0.0
+    curve: Curve,
+    *,
+    target: float,
+    window: float = WINDOW,
+    min_coverage: float = 0.0,
+    floor: float = MIN_THRESHOLD,
 ) -> float | None:
     """The lowest threshold t (most answers) whose precision stays >= target for every threshold
     in [t - window, t + window] with named answers: a plateau, not a lucky spike. Thresholds that
@@ -74,7 +82,7 @@ def choose_threshold(
         near = (np.abs(grid - t) <= window + 1e-9) & (coverage > min_coverage)
         values = precision[near]
         values = values[np.isfinite(values)]
-        if values.size and values.min() >= target and coverage[i] > min_coverage:
+        if t >= floor and values.size and values.min() >= target and coverage[i] > min_coverage:
             return float(t)
     return None
 

@@ -166,10 +166,16 @@ class Settings(BaseSettings):
         10, ge=1, le=10, description="Similar photos returned (Telegram albums: <=10)."
     )
     classify_neighbors: int = Field(
-        10, ge=1, le=100, description="Neighbours that vote in the nearest-neighbour classifier."
+        5,
+        ge=1,
+        le=100,
+        description=(
+            "Neighbours that vote in the nearest-neighbour classifier "
+            "(chosen by scripts/choose_defaults.py)."
+        ),
     )
     classify_min_similarity: float = Field(
-        0.6,
+        0.45,
         ge=-1.0,
         le=1.0,
         description=(

@@ -202,3 +202,25 @@ def test_train_cli_on_a_real_index(
     monkeypatch.setattr(core.embedders, "create_embedder", lambda settings: TinyEmbedder("v2"))
     with pytest.raises(IndexMismatchError, match="rebuild"):
         train_head_cli(argparse.Namespace(), tiny_settings)
+
+
+def test_train_cli_without_a_head_reports_the_vote_calibration(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One photo per species: no head can be fitted, yet the calibration and its thresholds are,
+    and `kontrol train` says so instead of failing."""
+    import core.embedders
+    from core.settings import load_settings
+    from tests.helpers import make_collection
+
+    monkeypatch.setattr(core.embedders, "create_embedder", lambda settings: TinyEmbedder())
+    root = tmp_path / "photos"
+    make_collection(root, {f"Genus{i}_species{i}": 1 for i in range(24)})
+    settings = load_settings(
+        images_dir=root, index_dir=tmp_path / "idx", models_dir=tmp_path / "m", index_type="flat"
+    )
+    Engine(settings, embedder=TinyEmbedder()).reindex(train="skip")
+    assert train_head_cli(argparse.Namespace(), settings) == 0
+    out = capsys.readouterr().out
+    assert "No species head" in out and "Vote calibration: 24 leave-one-out queries" in out
+    assert "Named-answer threshold" in out

@@ -26,6 +26,9 @@ def test_choose_threshold_prefers_a_plateau_over_a_spike() -> None:
     t = choose_threshold(Curve(grid, 1 - grid, precision), target=0.85, window=0.05)
     assert t == 0.65
     assert choose_threshold(Curve(grid, 1 - grid, precision), target=0.95) is None
+    everywhere = Curve(grid, 1 - grid, np.full(len(grid), 1.0))  # every answer right
+    assert choose_threshold(everywhere, target=0.85) == 0.5  # still never below even odds
+    assert choose_threshold(everywhere, target=0.85, floor=0.0) == 0.0
 
 
 def test_the_chosen_threshold_keeps_the_target_on_unseen_photos() -> None:

@@ -271,7 +271,7 @@ def evaluate(
     near_duplicates: bool = True,
     latency_queries: int = 30,
     sample_queries: int = 8,
-    min_similarity: float = 0.6,
+    min_similarity: float = 0.45,
     min_confidence: float = 0.35,
     min_probability: float | str = "auto",
     target_precision: float = 0.85,

@@ -42,8 +42,8 @@ _BLOCK = 512
 class AnswerPolicy:
     """The engine's classification settings (KONTROL_CLASSIFY_*)."""
 
-    k: int = 10
-    min_similarity: float = 0.6
+    k: int = 5
+    min_similarity: float = 0.45
     min_confidence: float = 0.35
     min_probability: float | str = "auto"
     target_precision: float = 0.85

@@ -126,6 +126,8 @@ def classification_text(lang: Lang, result: dict[str, Any], *, all_probabilities
     probabilities: dict[str, float] = dict(result.get("probabilities") or {})
     headline = _headline(lang, result)
     lines: list[str]
+    if result.get("no_animal"):  # its nearest photos are animals whatever it shows: no names
+        return t(lang, "no_animal")
     if headline is None:
         lines = [t(lang, "not_sure"), *_candidates(lang, probabilities, None)]
         lines += _fallback_line(lang, result.get("fallback"))

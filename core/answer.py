@@ -156,13 +156,18 @@ def classify_neighbours(
     min_probability: float | str,
     target_precision: float,
     lineage: LineageFn = table_lineage,
+    animal_share: float | None = None,
+    min_animal_share: float = 0.0,
 ) -> dict[str, Any]:
     """The species answer for a query given its nearest photos (species, similarity; best first).
 
     The one classification path: the engine serves it and `kontrol eval` measures it. The head
     answers when it is fitted for this label set and proved better than the vote on held-out
     photos (`report["preferred"]`); otherwise the neighbour vote does. Either way `finish_answer`
-    calibrates the result and picks the rank, naming a species at `named_threshold`.
+    calibrates the result and picks the rank, naming a species at `named_threshold`. A photo
+    whose backbone puts less than `min_animal_share` of its ImageNet probability on animal
+    classes (`animal_share`; None: unknown) names nothing and is marked `no_animal`: its nearest
+    neighbours are animals whatever it shows.
     """
     sims = np.asarray(similarities, dtype=np.float32)
     use_head = head is not None and bool(head.report.get("preferred"))
@@ -208,6 +213,9 @@ def classify_neighbours(
     )
     if out.get("calibrated"):
         out["named_threshold"] = threshold
+    out["no_animal"] = animal_share is not None and animal_share < min_animal_share
+    if out["no_animal"]:
+        out.update(species=None, rank=None, taxon=None, taxon_confidence=None, likely_species=None)
     return out
 
 

@@ -32,7 +32,7 @@ from core.errors import (
 )
 from core.head import SpeciesHead, load_head
 from core.imageio import load_image
-from core.imagenet import imagenet_fallback
+from core.imagenet import animal_share, imagenet_fallback
 from core.indexer import IndexReport, ProgressCallback, build_index
 from core.paths import safe_join
 from core.settings import Settings, get_settings
@@ -311,6 +311,8 @@ class Engine:
             min_probability=s.classify_min_probability,
             target_precision=s.classify_target_precision,
             lineage=lambda name: lineages.get(name) or table_lineage(name),
+            animal_share=animal_share(logits),
+            min_animal_share=s.classify_min_animal_share,
         )
         result["fallback"] = (
             imagenet_fallback(logits) if logits is not None and result["rank"] is None else None

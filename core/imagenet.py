@@ -71,10 +71,16 @@ def _check(logits: np.ndarray) -> np.ndarray | None:
     return _softmax(arr)
 
 
+def animal_share(logits: np.ndarray | None) -> float | None:
+    """Softmax mass on the 398 animal classes (low: the photo likely shows no animal); None when
+    the logits are not ImageNet-1k's (a species checkpoint), so no such judgement can be made."""
+    p = None if logits is None else _check(logits)
+    return None if p is None else float(p[:NUM_ANIMALS].sum())
+
+
 def is_probably_animal(logits: np.ndarray) -> float:
     """Softmax mass on the 398 animal classes: low values suggest the photo shows no animal."""
-    p = _check(logits)
-    return 0.0 if p is None else float(p[:NUM_ANIMALS].sum())
+    return animal_share(logits) or 0.0
 
 
 def imagenet_fallback(logits: np.ndarray, *, min_confidence: float = 0.2) -> dict[str, Any] | None:

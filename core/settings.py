@@ -189,6 +189,16 @@ class Settings(BaseSettings):
         le=1.0,
         description="Below this vote share (or head probability) the answer is 'not sure'.",
     )
+    classify_min_animal_share: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Below this share of the backbone's ImageNet probability on its 398 animal classes "
+            "the photo is taken to show no animal: no species or higher taxon is named "
+            "(scripts/choose_defaults.py; 0 turns the check off)."
+        ),
+    )
     classify_target_precision: float = Field(
         0.85,
         ge=0.5,

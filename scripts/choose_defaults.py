@@ -22,8 +22,13 @@ by the engine from the training folds' risk-coverage curve):
 4. The chosen (or current) setting is re-run with seeds 0, 1, 2 (other fold splits): precision
    and coverage of named answers with bootstrap 95 % intervals, ECE, genus/family/order answers
    and their precision, and the same with the threshold fixed at the target (no 'auto').
+5. The no-animal check (KONTROL_CLASSIFY_MIN_ANIMAL_SHARE): the largest gate on the backbone's
+   ImageNet animal share that silences at most 0.5 % of the animal photos (originals and copies),
+   with how many of the photos with no animal it silences. (The grid above runs without it: the
+   similarity gate has to hold on its own.)
 
 Run: PYTHONPATH=. python scripts/choose_defaults.py [--images data/demo] [--target 0.85]
+     [--negatives DIR]
 (uses the configured model; its export cache goes to KONTROL_MODELS_DIR or a scratch folder, never
 models/; nothing is saved: the models of each fold live in memory).
 """
@@ -46,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import embedders
 from core.calibration import LineageFn, expected_calibration_error
 from core.imageio import load_image
+from core.imagenet import animal_share
 from core.risk_coverage import MIN_NAMED
 from core.settings import get_settings
 from core.taxonomy import lineage_for, load_taxonomy_csv, rank_names
@@ -59,6 +65,10 @@ SEEDS = (0, 1, 2)
 FOLDS = 5
 GRID_K = (5, 10, 20)
 GRID_MIN_SIMILARITY = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)
+#: No-animal check: ImageNet animal share below which nothing is named.
+GRID_ANIMAL = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+#: Share of held-out animal photos (originals and copies) the check may silence at most.
+MAX_BLOCKED = 0.005
 
 
 def _settings():
@@ -73,13 +83,14 @@ def _settings():
 
 def embed_collection(
     images: Path, manifest: Path | None
-) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
-    """(vectors, labels, group, is_original) of every photo and its six copies."""
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, labels, group, is_original, ImageNet animal share) of every photo and its six
+    copies."""
     settings = _settings()
     embedder = embedders.create_embedder(settings)
     embedder.load()
     photos = load_labels(images, manifest)
-    vectors, labels, group, original = [], [], [], []
+    vectors, labels, group, original, shares = [], [], [], [], []
     for number, photo in enumerate(photos):
         image = load_image(
             photo.path,
@@ -88,21 +99,31 @@ def embed_collection(
             min_side=settings.min_image_side,
         )
         batch = [image, *(img for _, img in alter_all(image, seed=number))]
-        out = embedder.embed_images(batch).embeddings
-        vectors.append(np.asarray(out, dtype=np.float32))
+        out = embedder.embed_images(batch)
+        vectors.append(np.asarray(out.embeddings, dtype=np.float32))
+        shares += [animal_share(row) or 0.0 for row in out.logits]
         labels += [photo.label] * len(batch)
         group += [number] * len(batch)
         original += [True] + [False] * (len(batch) - 1)
-    return np.concatenate(vectors), labels, np.array(group), np.array(original)
+    return (
+        np.concatenate(vectors),
+        labels,
+        np.array(group),
+        np.array(original),
+        np.array(shares),
+    )
 
 
-def embed_negatives() -> np.ndarray:
-    """Photos with no animal that ship inside installed packages (as `kontrol eval` uses)."""
+def embed_negatives(folder: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, ImageNet animal share) of the photos with no animal that ship inside installed
+    packages (as `kontrol eval` uses)."""
     settings = _settings()
     embedder = embedders.create_embedder(settings)
     embedder.load()
-    images = [load_image(p) for p in non_animal_photos(None)]
-    return np.asarray(embedder.embed_images(images).embeddings, dtype=np.float32)
+    images = [load_image(p) for p in non_animal_photos(folder)]
+    out = embedder.embed_images(images)
+    shares = np.array([animal_share(row) or 0.0 for row in out.logits])
+    return np.asarray(out.embeddings, dtype=np.float32), shares
 
 
 def measure(
@@ -172,6 +193,11 @@ def main() -> int:
     parser.add_argument("--manifest", default=None)
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--json", default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--negatives",
+        default=None,
+        help="folder of photos with no animal (default: the sample photos of installed packages)",
+    )
     args = parser.parse_args()
     settings = _settings()
     images = Path(args.images)
@@ -182,8 +208,21 @@ def main() -> int:
 
     manifest = Path(args.manifest) if args.manifest else (images / "manifest.csv")
     started = time.perf_counter()
-    x, labels, group, original = embed_collection(images, manifest if manifest.exists() else None)
-    negatives = embed_negatives()
+    x, labels, group, original, shares = embed_collection(
+        images, manifest if manifest.exists() else None
+    )
+    negatives, negative_shares = embed_negatives(args.negatives)
+    gates = [
+        {
+            "min_animal_share": g,
+            "animal_photos_blocked": round(float((shares < g).mean()), 4),
+            "no_animal_photos_blocked": int((negative_shares < g).sum()),
+        }
+        for g in GRID_ANIMAL
+    ]
+    animal_gate = max(
+        row["min_animal_share"] for row in gates if row["animal_photos_blocked"] <= MAX_BLOCKED
+    )
     embed_s = time.perf_counter() - started
 
     def policy(k: int, min_sim: float, min_probability: float | str = "auto") -> AnswerPolicy:
@@ -259,6 +298,13 @@ def main() -> int:
         "grid_seed0": list(grid.values()),
         "auto_threshold_per_seed": auto,
         "fixed_threshold_at_target_per_seed": fixed,
+        "animal_gate": {
+            "chosen": animal_gate,
+            "rule": f"the largest gate blocking <= {MAX_BLOCKED:.1%} of the animal photos",
+            "grid": gates,
+            "no_animal_photos": len(negative_shares),
+            "animal_photos": len(shares),
+        },
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(time.perf_counter() - started, 1),
     }

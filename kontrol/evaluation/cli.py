@@ -83,7 +83,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     result = evaluate(
         Path(args.images),
         args.manifest,
-        embed_fn=lambda images: embedder.embed_images(images).embeddings,
+        embed_fn=embedder.embed_images,  # embeddings and logits (the no-animal check)
         load_fn=partial(
             load_image,
             max_pixels=settings.max_image_pixels,
@@ -100,6 +100,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         min_confidence=settings.classify_min_confidence,
         min_probability=settings.classify_min_probability,
         target_precision=settings.classify_target_precision,
+        min_animal_share=settings.classify_min_animal_share,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
         stored=stored,

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 from core.answer import LineageFn, table_lineage
 from core.calibration import expected_calibration_error
 from core.errors import KontrolError
+from core.imagenet import animal_share
 from core.risk_coverage import MIN_NAMED, choose_threshold
 from kontrol.evaluation import metrics, quality
 from kontrol.evaluation.augment import alter_all
@@ -247,8 +248,13 @@ def _non_animal_not_sure_rate(
             continue
     if not images:
         return metrics.Score(None, 0)
-    queries = _as_matrix(embed_fn(images), len(images))
-    answers = outsider_answers(queries, gallery, labels, policy, seed=seed, lineage=lineage)
+    output = embed_fn(images)
+    queries = _as_matrix(output, len(images))
+    logits = getattr(output, "logits", None)  # the engine's no-animal check, where known
+    shares = None if logits is None else [animal_share(row) for row in logits]
+    answers = outsider_answers(
+        queries, gallery, labels, policy, seed=seed, lineage=lineage, animal_shares=shares
+    )
     return metrics.Score.of(np.array([a.get("species") is None for a in answers], dtype=bool))
 
 
@@ -275,6 +281,7 @@ def evaluate(
     min_confidence: float = 0.35,
     min_probability: float | str = "auto",
     target_precision: float = 0.85,
+    min_animal_share: float = 0.25,
     bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,
     folds: int = 5,
@@ -307,7 +314,9 @@ def evaluate(
     labels = [p.label for p in kept]
     coarse = [p.coarse for p in kept]
     has_coarse = any(c is not None for c in coarse)
-    policy = AnswerPolicy(k, min_similarity, min_confidence, min_probability, target_precision)
+    policy = AnswerPolicy(
+        k, min_similarity, min_confidence, min_probability, target_precision, min_animal_share
+    )
 
     if progress:
         progress("metrics", 0, 1)
@@ -496,6 +505,7 @@ def evaluate(
             "min_confidence": min_confidence,
             "min_probability": min_probability,
             "target_precision": target_precision,
+            "min_animal_share": min_animal_share,
             "bootstrap_reps": bootstrap_reps,
         },
         "files": {},

@@ -47,6 +47,7 @@ class AnswerPolicy:
     min_confidence: float = 0.35
     min_probability: float | str = "auto"
     target_precision: float = 0.85
+    min_animal_share: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,10 @@ def _answer(
     models: Models,
     policy: AnswerPolicy,
     lineage: LineageFn,
+    animal_share: float | None = None,
 ) -> dict[str, Any]:
-    """The engine's answer given the neighbours, with these models and settings."""
+    """The engine's answer given the neighbours, with these models and settings (`animal_share`:
+    the photo's ImageNet animal mass where its logits are known; stored vectors carry none)."""
     return classify_neighbours(
         vector,
         species,
@@ -175,6 +178,8 @@ def _answer(
         min_probability=policy.min_probability,
         target_precision=policy.target_precision,
         lineage=lineage,
+        animal_share=animal_share,
+        min_animal_share=policy.min_animal_share,
     )
 
 
@@ -253,15 +258,20 @@ def outsider_answers(
     *,
     seed: int = 0,
     lineage: LineageFn = table_lineage,
+    animal_shares: Sequence[float | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Answers for photos from outside the collection (e.g. no animal at all), with the models
-    fitted on the whole collection: what the engine would say to them."""
+    fitted on the whole collection: what the engine would say to them (`animal_shares`: each
+    photo's ImageNet animal mass, for the engine's no-animal check)."""
     x = np.asarray(vectors, dtype=np.float32)
     labels = [str(v) for v in labels]
     models = fit_models(labels, x, policy, seed=seed, lineage=lineage)
     out = []
-    for row in np.asarray(queries, dtype=np.float32).reshape(-1, x.shape[1]):
+    rows = np.asarray(queries, dtype=np.float32).reshape(-1, x.shape[1])
+    shares = list(animal_shares) if animal_shares is not None else [None] * len(rows)
+    for row, share in zip(rows, shares, strict=True):
         sims = x @ row
         top = np.argsort(-sims, kind="stable")[: policy.k]
-        out.append(_answer(row, [labels[j] for j in top], sims[top], models, policy, lineage))
+        neighbours = [labels[j] for j in top]
+        out.append(_answer(row, neighbours, sims[top], models, policy, lineage, share))
     return out

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.calibration import MAX_PROBABILITY, RANK_LADDER, VoteCalibrator, taxon_shares
-from core.classify import vote
+from core.classify import TEMPERATURE, vote
 from core.head_policy import head_classification
 from core.taxonomy import lineage_for, rank_names
 
@@ -158,6 +158,7 @@ def classify_neighbours(
     lineage: LineageFn = table_lineage,
     animal_share: float | None = None,
     min_animal_share: float = 0.0,
+    temperature: float = TEMPERATURE,
 ) -> dict[str, Any]:
     """The species answer for a query given its nearest photos (species, similarity; best first).
 
@@ -192,6 +193,7 @@ def classify_neighbours(
             sims,
             min_similarity=min_similarity,
             min_confidence=min_confidence,
+            temperature=temperature,
         )
     out = finish_answer(
         result,

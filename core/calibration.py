@@ -380,6 +380,7 @@ def fit_vote_calibration(
     min_similarity: float | None = None,
     target_precision: float | None = None,
     lineage: LineageFn | None = None,
+    temperature: float = TEMPERATURE,
 ) -> VoteCalibrator | None:
     """Leave-one-out over the photos (at most MAX_QUERIES queries) and a fitted calibrator;
     None when there are too few photos to say anything. With `min_similarity` and
@@ -391,12 +392,13 @@ def fit_vote_calibration(
     queries = None
     if n > MAX_QUERIES:
         queries = np.sort(np.random.default_rng(seed).choice(n, MAX_QUERIES, replace=False))
-    rows = loo_vote_rows(vectors, labels, k=k, queries=queries)
+    rows = loo_vote_rows(vectors, labels, k=k, queries=queries, temperature=temperature)
     if len(rows) < MIN_QUERIES:
         return None
     cal = fit_calibrator(rows)
     cal.fingerprint, cal.key = fingerprint, key
     cal.report["k"] = k
+    cal.report["temperature"] = temperature
     choose = min_similarity is not None and target_precision is not None
     if choose:
         cal.report.update(

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+#: The vote's temperature where none is given (and that of calibrations fitted before it was a
+#: setting); the engine passes KONTROL_CLASSIFY_VOTE_TEMPERATURE.
 TEMPERATURE = 0.05
 TOP_PROBABILITIES = 5
 

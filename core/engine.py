@@ -21,6 +21,7 @@ from PIL import Image
 from core import embedders
 from core.answer import classify_neighbours, table_lineage
 from core.calibration import VoteCalibrator, load_calibrator
+from core.classify import TEMPERATURE
 from core.collection import normalize_species
 from core.embedders.base import Embedder
 from core.errors import (
@@ -273,6 +274,14 @@ class Engine:
             cal = load_calibrator(
                 self.settings.models_dir, fingerprint=self.embedder.fingerprint, key=key
             )
+            s = self.settings
+            if cal is not None and (
+                cal.report.get("k", s.classify_neighbors) != s.classify_neighbors
+                or cal.report.get("temperature", TEMPERATURE) != s.classify_vote_temperature
+            ):
+                # fitted on votes of another k or temperature: its map does not fit these
+                log.info("Vote calibration fitted for other vote settings; `kontrol train` refits.")
+                cal = None
             cached = (key, cal)
             self._calibrator = cached
         return cached[1]
@@ -313,6 +322,7 @@ class Engine:
             lineage=lambda name: lineages.get(name) or table_lineage(name),
             animal_share=animal_share(logits),
             min_animal_share=s.classify_min_animal_share,
+            temperature=s.classify_vote_temperature,
         )
         result["fallback"] = (
             imagenet_fallback(logits) if logits is not None and result["rank"] is None else None
@@ -456,6 +466,7 @@ class Engine:
             k=self.settings.classify_neighbors,
             min_similarity=self.settings.classify_min_similarity,
             target_precision=self.settings.classify_target_precision,
+            temperature=self.settings.classify_vote_temperature,
             force=force,
         )
         if report is not None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core.calibration import fit_vote_calibration, load_calibrator
+from core.classify import TEMPERATURE
 from core.head import (
     HEAD_FILE,
     MIN_VALIDATED_CLASSES,
@@ -480,6 +481,7 @@ def calibrate_vote_from_store(
     k: int = 10,
     min_similarity: float | None = None,
     target_precision: float | None = None,
+    temperature: float = TEMPERATURE,
     force: bool = False,
 ) -> dict[str, Any] | None:
     """Fit and save the neighbour vote's calibration (leave-one-out over a bounded sample), and
@@ -487,12 +489,17 @@ def calibrate_vote_from_store(
     its report, or None when skipped or failed."""
     if not force:
         existing = load_calibrator(models_dir, fingerprint=fingerprint, key=key)
-        current = existing is not None and (
-            target_precision is None
-            or min_similarity is None
-            or (
-                existing.report.get("target_precision") == target_precision
-                and existing.report.get("min_similarity") == min_similarity
+        current = (
+            existing is not None
+            and existing.report.get("k", k) == k
+            and existing.report.get("temperature", TEMPERATURE) == temperature
+            and (
+                target_precision is None
+                or min_similarity is None
+                or (
+                    existing.report.get("target_precision") == target_precision
+                    and existing.report.get("min_similarity") == min_similarity
+                )
             )
         )
         if existing is not None and current:
@@ -509,6 +516,7 @@ def calibrate_vote_from_store(
             min_similarity=min_similarity,
             target_precision=target_precision,
             lineage=lambda name: lineages.get(name) or {},
+            temperature=temperature,
         )
         if cal is None:
             log.info("Vote calibration skipped: too few photos.")

@@ -174,6 +174,15 @@ class Settings(BaseSettings):
             "(chosen by scripts/choose_defaults.py)."
         ),
     )
+    classify_vote_temperature: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "Neighbour vote weights are exp((s - s_max) / T): lower T lets the nearest photos "
+            "decide (scripts/choose_defaults.py). Changing it refits the vote calibration."
+        ),
+    )
     classify_min_similarity: float = Field(
         0.45,
         ge=-1.0,

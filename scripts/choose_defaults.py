@@ -10,7 +10,8 @@ by the engine from the training folds' risk-coverage curve):
    its own photo or that photo's copies (grouped), and the head and calibration answering it were
    fitted on the other folds (5 folds by photo): what a new photo of an indexed species, or of a
    species the collection lacks, gets from the engine.
-3. Grid: k in {5, 10, 20} x min similarity in {0.35 .. 0.65}, seed 0. Named answers are those
+3. Grid: k in {5, 10, 20} x min similarity in {0.35 .. 0.65} x vote temperature in
+   {0.02, 0.05, 0.1}, seed 0. Named answers are those
    that name a taxon at any rank (species, genus, family, order, class); one whose truth has no
    known taxon at that rank is not graded. A setting qualifies when the graded named answers reach
    the target precision (>= 10 of them) and every photo with no animal (`kontrol eval`'s
@@ -36,6 +37,7 @@ models/; nothing is saved: the models of each fold live in memory).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -65,6 +67,7 @@ SEEDS = (0, 1, 2)
 FOLDS = 5
 GRID_K = (5, 10, 20)
 GRID_MIN_SIMILARITY = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)
+GRID_TEMPERATURE = (0.02, 0.05, 0.1)
 #: No-animal check: ImageNet animal share below which nothing is named.
 GRID_ANIMAL = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 #: Share of held-out animal photos (originals and copies) the check may silence at most.
@@ -151,6 +154,7 @@ def measure(
     return {
         "_answered": named | got.rank_answered(),
         "k": policy.k,
+        "temperature": policy.temperature,
         "min_similarity": policy.min_similarity,
         "min_probability": policy.min_probability,
         "seed": seed,
@@ -225,38 +229,53 @@ def main() -> int:
     )
     embed_s = time.perf_counter() - started
 
-    def policy(k: int, min_sim: float, min_probability: float | str = "auto") -> AnswerPolicy:
+    axes = (GRID_K, GRID_MIN_SIMILARITY, GRID_TEMPERATURE)
+    Key = tuple[int, float, float]
+
+    def policy(key: Key, min_probability: float | str = "auto") -> AnswerPolicy:
+        k, min_sim, temperature = key
         return AnswerPolicy(
-            k, min_sim, settings.classify_min_confidence, min_probability, args.target
+            k,
+            min_sim,
+            settings.classify_min_confidence,
+            min_probability,
+            args.target,
+            settings.classify_min_animal_share,
+            temperature,
         )
 
-    grid: dict[tuple[int, float], dict[str, Any]] = {}
-    answered: dict[tuple[int, float], np.ndarray] = {}
-    for k in GRID_K:
-        for m in GRID_MIN_SIMILARITY:
-            grid[k, m] = measure(x, labels, group, original, policy(k, m), 0, negatives, lineage)
-            answered[k, m] = grid[k, m].pop("_answered")
+    grid: dict[Key, dict[str, Any]] = {}
+    answered: dict[Key, np.ndarray] = {}
+    for key in itertools.product(*axes):
+        grid[key] = measure(x, labels, group, original, policy(key), 0, negatives, lineage)
+        answered[key] = grid[key].pop("_answered")
 
-    def flat(key: tuple[int, float]) -> bool:
-        k_i, m_i = GRID_K.index(key[0]), GRID_MIN_SIMILARITY.index(key[1])
-        near = [
-            (GRID_K[a], GRID_MIN_SIMILARITY[b])
-            for a in (k_i - 1, k_i, k_i + 1)
-            for b in (m_i - 1, m_i, m_i + 1)
-            if 0 <= a < len(GRID_K) and 0 <= b < len(GRID_MIN_SIMILARITY)
-        ]
-        return all(qualifies(grid[n], args.target) for n in near)
+    def position(key: Key) -> tuple[int, ...]:
+        return tuple(axis.index(value) for axis, value in zip(axes, key, strict=True))
+
+    def flat(key: Key) -> bool:
+        """It and every grid neighbour (one step on any axes) qualify."""
+        here = position(key)
+        for step in itertools.product((-1, 0, 1), repeat=len(axes)):
+            at = [i + d for i, d in zip(here, step, strict=True)]
+            if all(0 <= i < len(axis) for i, axis in zip(at, axes, strict=True)):
+                near = tuple(axis[i] for axis, i in zip(axes, at, strict=True))
+                if not qualifies(grid[near], args.target):  # type: ignore[index]
+                    return False
+        return True
 
     candidates = [key for key, row in grid.items() if qualifies(row, args.target) and flat(key)]
-    current = (settings.classify_neighbors, settings.classify_min_similarity)
+    current: Key = (
+        settings.classify_neighbors,
+        settings.classify_min_similarity,
+        settings.classify_vote_temperature,
+    )
     chosen, rule, switch_ci = current, "no setting qualifies: defaults kept", None
     if candidates:
         # the plateau setting nearest the current defaults, replaced by the one naming most
         # photos only where the gain is beyond noise (paired bootstrap over the same queries)
-        def steps(key: tuple[int, float]) -> int:
-            return abs(GRID_K.index(key[0]) - GRID_K.index(current[0])) + abs(
-                GRID_MIN_SIMILARITY.index(key[1]) - GRID_MIN_SIMILARITY.index(current[1])
-            )
+        def steps(key: Key) -> int:
+            return sum(abs(a - b) for a, b in zip(position(key), position(current), strict=True))
 
         incumbent = min(candidates, key=lambda key: (steps(key), -answered[key].sum()))
         best = max(candidates, key=lambda key: answered[key].sum())
@@ -267,7 +286,8 @@ def main() -> int:
         rule = (
             "the plateau setting nearest the current defaults (named answers of any rank at the "
             "target precision, no photo without an animal named, all grid neighbours alike); "
-            f"{best} names most, {'beyond' if beyond else 'within'} noise of {incumbent}"
+            f"(k, min similarity, temperature) {best} names most, "
+            f"{'beyond' if beyond else 'within'} noise of {incumbent}"
         )
 
     def rerun(min_probability: float | str) -> list[dict[str, Any]]:
@@ -277,7 +297,7 @@ def main() -> int:
                 labels,
                 group,
                 original,
-                policy(*chosen, min_probability),
+                policy(chosen, min_probability),
                 seed,
                 negatives,
                 lineage,
@@ -292,7 +312,7 @@ def main() -> int:
         "queries": len(labels),
         "embed_seconds": round(embed_s, 1),
         "target_precision": args.target,
-        "chosen": {"k": chosen[0], "min_similarity": chosen[1]},
+        "chosen": {"k": chosen[0], "min_similarity": chosen[1], "temperature": chosen[2]},
         "rule": rule,
         "gain_of_most_answers_ci95": switch_ci,
         "grid_seed0": list(grid.values()),

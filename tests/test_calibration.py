@@ -224,3 +224,28 @@ def test_rank_calibration_round_trips_and_old_files_still_load(tmp_path) -> None
     old = load_calibrator(tmp_path, fingerprint="m", key="k")
     assert old is not None and old.ranks == {}
     assert old.rank_probability("genus", [0.5], 0.5) is None
+
+
+def test_a_calibration_of_other_vote_settings_is_not_served_and_is_refitted(tmp_path) -> None:
+    from PIL import Image
+
+    from core.engine import Engine
+    from core.settings import load_settings
+    from tests.helpers import TinyEmbedder, make_collection
+
+    root = tmp_path / "photos"
+    make_collection(root, {"Aa_aa": 8, "Ab_bb": 8, "Cc_cc": 8})
+    settings = load_settings(
+        images_dir=root, index_dir=tmp_path / "idx", models_dir=tmp_path / "m", index_type="flat"
+    )
+    Engine(settings, embedder=TinyEmbedder()).reindex()
+    query = Image.open(sorted((root / "Cc_cc").glob("*.jpg"))[0])
+    hotter = Engine(
+        settings.model_copy(update={"classify_vote_temperature": 0.2}), embedder=TinyEmbedder()
+    )
+    fitted_at = settings.classify_vote_temperature
+    assert fitted_at != 0.2
+    assert hotter.classify(query)["calibrated"] is False  # fitted on votes at another T
+    report = hotter.train_head()  # not forced: refits because the vote settings changed
+    assert report is not None and report["calibration"]["temperature"] == 0.2
+    assert hotter.classify(query)["calibrated"] is True

@@ -104,6 +104,7 @@ def test_answers_are_the_engine_function_s() -> None:
         min_confidence=POLICY.min_confidence,
         min_probability=POLICY.min_probability,
         target_precision=POLICY.target_precision,
+        temperature=POLICY.temperature,
     )
     assert got.answers[0]["species"] == direct["species"]
     assert got.answers[0]["probabilities"] == direct["probabilities"]

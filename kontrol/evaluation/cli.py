@@ -101,6 +101,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         min_probability=settings.classify_min_probability,
         target_precision=settings.classify_target_precision,
         min_animal_share=settings.classify_min_animal_share,
+        vote_temperature=settings.classify_vote_temperature,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
         stored=stored,

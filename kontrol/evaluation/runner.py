@@ -282,6 +282,7 @@ def evaluate(
     min_probability: float | str = "auto",
     target_precision: float = 0.85,
     min_animal_share: float = 0.25,
+    vote_temperature: float = 0.1,
     bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,
     folds: int = 5,
@@ -315,7 +316,13 @@ def evaluate(
     coarse = [p.coarse for p in kept]
     has_coarse = any(c is not None for c in coarse)
     policy = AnswerPolicy(
-        k, min_similarity, min_confidence, min_probability, target_precision, min_animal_share
+        k,
+        min_similarity,
+        min_confidence,
+        min_probability,
+        target_precision,
+        min_animal_share,
+        vote_temperature,
     )
 
     if progress:
@@ -506,6 +513,7 @@ def evaluate(
             "min_probability": min_probability,
             "target_precision": target_precision,
             "min_animal_share": min_animal_share,
+            "vote_temperature": vote_temperature,
             "bootstrap_reps": bootstrap_reps,
         },
         "files": {},

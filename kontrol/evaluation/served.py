@@ -48,6 +48,7 @@ class AnswerPolicy:
     min_probability: float | str = "auto"
     target_precision: float = 0.85
     min_animal_share: float = 0.25
+    temperature: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ def fit_models(
         min_similarity=policy.min_similarity,
         target_precision=policy.target_precision,
         lineage=lineage,
+        temperature=policy.temperature,
     )
     return Models(head, calibrator)
 
@@ -180,6 +182,7 @@ def _answer(
         lineage=lineage,
         animal_share=animal_share,
         min_animal_share=policy.min_animal_share,
+        temperature=policy.temperature,
     )
 
 

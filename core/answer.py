@@ -113,25 +113,24 @@ def finish_answer(
             taxon = lineage(name).get(rank)
             if taxon:
                 first.setdefault(taxon, name)
+        # a taxon is at least as likely as its species together: the sum of their probabilities
+        totals: dict[str, float] = {}
+        for name, value in zip(names, probs, strict=True):
+            t = lineage(name).get(rank)
+            if t:
+                totals[t] = totals.get(t, 0.0) + float(value)
         if source == "knn" and calibrator is not None and rank in calibrator.ranks:
             taxa, summed = taxon_shares(list(shares), list(shares.values()), rank, lineage)
-            if not taxa:
-                continue
-            p = calibrator.rank_probability(rank, summed, float(best_similarity or 0.0))
-            assert p is not None
-            taxon, probability = taxa[0], float(p[0])
-        else:
-            if len(names) < 2:  # one species: its genus is no surer than itself
-                return out
-            totals: dict[str, float] = {}
-            for name, value in zip(names, probs, strict=True):
-                t = lineage(name).get(rank)
-                if t:
-                    totals[t] = totals.get(t, 0.0) + float(value)
-            if not totals:
-                continue
-            taxon = max(totals, key=lambda t: totals[t])
-            probability = totals[taxon]
+            own = calibrator.rank_probability(rank, summed, float(best_similarity or 0.0))
+            assert own is not None  # the rank has a calibration
+            for t, value in zip(taxa, own, strict=True):
+                totals[t] = max(totals.get(t, 0.0), float(value))
+        elif len(names) < 2:  # one species and no rank calibration: its genus is no surer
+            return out
+        if not totals:
+            continue
+        taxon = max(totals, key=lambda t: totals[t])
+        probability = totals[taxon]
         needed = threshold if rank_thresholds is None else rank_thresholds.get(rank, threshold)
         if probability >= needed:
             out.update(

@@ -249,3 +249,35 @@ def test_a_calibration_of_other_vote_settings_is_not_served_and_is_refitted(tmp_
     report = hotter.train_head()  # not forced: refits because the vote settings changed
     assert report is not None and report["calibration"]["temperature"] == 0.2
     assert hotter.classify(query)["calibrated"] is True
+
+
+def test_a_taxon_is_never_less_likely_than_its_species() -> None:
+    """A species at 77 % cannot sit in a class shown at 63 %: the rank's probability is at least
+    the sum of its candidate species' probabilities, whatever the rank's own calibration says."""
+    cal = VoteCalibrator(np.array([1.0, 0.0, 0.0]))  # species: p = share
+    cal.ranks["class"] = np.array([0.0, 0.0, 0.5])  # class: a flat 0.62 whatever the share
+    lineage = {
+        "Acinonyx jubatus": {"genus": "Acinonyx", "family": "Felidae", "class": "Mammalia"},
+        "Panthera onca": {"genus": "Panthera", "family": "Felidae", "class": "Mammalia"},
+        "Anser anser": {"genus": "Anser", "family": "Anatidae", "class": "Aves"},
+    }
+    raw = vote(
+        ["Acinonyx jubatus", "Panthera onca", "Anser anser"],
+        np.array([0.96, 0.80, 0.79]),
+        min_similarity=0.5,
+        min_confidence=0.35,
+    )
+    out = finish_answer(
+        raw,
+        calibrator=cal,
+        min_probability=0.99,
+        min_similarity=0.5,
+        lineage=lambda n: lineage.get(n, {}),
+        rank_thresholds={"genus": 0.99, "family": 0.99, "order": 0.99, "class": 0.5},
+    )
+    assert out["rank"] == "class" and out["taxon"] == "Mammalia"
+    species_in_class = out["probabilities"]["Acinonyx jubatus"] + out["probabilities"].get(
+        "Panthera onca", 0.0
+    )
+    assert out["taxon_confidence"] >= min(species_in_class, 0.99) - 1e-6
+    assert out["taxon_confidence"] > 0.63

@@ -465,6 +465,8 @@ class FakeTelegram:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._updates_event: asyncio.Event | None = None
+        #: getUpdates calls parked waiting for an update (long polling) right now.
+        self.parked_polls = 0
         self._closing = False
         self._poll_waiter: asyncio.Future[None] | None = None
 
@@ -1313,11 +1315,13 @@ class FakeTelegram:
                     "one bot instance is running",
                 )
             event_task = asyncio.ensure_future(self._updates_event.wait())
+            self.parked_polls += 1  # a test can wait for this instead of sleeping
             try:
                 await asyncio.wait(
                     (event_task, waiter), timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
+                self.parked_polls -= 1
                 event_task.cancel()
 
     def _m_setMyCommands(self, call: Call) -> bool:

@@ -121,12 +121,15 @@ async def test_application_polls_and_replies(fake_telegram: FakeTelegram) -> Non
 async def test_long_poll_returns_as_soon_as_update_is_queued(
     fake_telegram: FakeTelegram, bot
 ) -> None:
-    start = time.monotonic()
     poll = asyncio.create_task(bot.get_updates(timeout=5))
-    await asyncio.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while fake_telegram.parked_polls == 0:  # the poll is waiting on the server: wake it
+        assert time.monotonic() < deadline, "getUpdates never parked"
+        await asyncio.sleep(0.005)
+    start = time.monotonic()
     fake_telegram.send_user_message(CHAT, text="/start")
     updates = await poll
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 1.0  # woken by the update, not by the 5 s timeout
     assert updates[0].message.text == "/start"
     assert updates[0].message.entities[0].type == "bot_command"
     # Without a higher offset the update is delivered again; with it, it is confirmed.

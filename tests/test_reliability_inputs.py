@@ -231,8 +231,7 @@ def test_budget_waits_first_come_first_served_and_releases_on_error() -> None:
     _wait_for(lambda: len(budget._queue) == 1)
     c = threading.Thread(target=hold, args=("c", 5))  # would fit now, but b came first
     c.start()
-    _wait_for(lambda: len(budget._queue) == 2)
-    time.sleep(0.05)
+    _wait_for(lambda: len(budget._queue) == 2)  # c is queued behind b, not admitted
     assert order == ["a"]
     release_a.set()
     for t in (a, b, c):

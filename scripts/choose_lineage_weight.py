@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -35,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from report_blocks import replace_block  # noqa: E402  (scripts/)
 
 from core.classify import vote  # noqa: E402
 from core.embedders import create_embedder  # noqa: E402
@@ -343,16 +344,7 @@ def render(
 
 def write_section(text: str, path: Path = OUT) -> None:
     """Replace the lineage block, or insert it right after the quality block."""
-    block = f"{START}\n{text.strip()}\n{END}"
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.escape(START) + r".*?" + re.escape(END)
-    if re.search(pattern, doc, flags=re.S):
-        doc = re.sub(pattern, lambda _: block, doc, count=1, flags=re.S)
-    elif AFTER in doc:
-        doc = doc.replace(AFTER, f"{AFTER}\n\n{block}", 1)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc, encoding="utf-8")
+    replace_block(path, START, END, text, after=AFTER)
 
 
 # --- main ----------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shlex
 import shutil
 import sys
@@ -32,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from report_blocks import replace_block  # noqa: E402  (scripts/)
 
 from core.cli import build_parser  # noqa: E402
 from core.engine import Engine  # noqa: E402
@@ -258,14 +259,7 @@ NOTES = [
 
 def write_section(text: str, path: Path = OUT) -> None:
     """Replace (or append) only the quality block, keeping every other section of the file."""
-    block = f"{START}\n{text.strip()}\n{END}"
-    doc = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.escape(START) + r".*?" + re.escape(END)
-    if re.search(pattern, doc, flags=re.S):
-        doc = re.sub(pattern, lambda _: block, doc, count=1, flags=re.S)
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc, encoding="utf-8")
+    replace_block(path, START, END, text)
 
 
 # --- main ----------------------------------------------------------------------------------------

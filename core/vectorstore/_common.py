@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -140,6 +141,16 @@ def exact_rank(
     return out
 
 
+def public_url(url: str) -> str:
+    """The URL without user info, query or fragment (nothing secret in messages); a bare
+    host:port is read as http."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def not_indexed(describe: str) -> IndexMissingError:
     """The one sentence for a store nobody has indexed into yet."""
     return IndexMissingError(
@@ -164,6 +175,12 @@ class InfoStoreMixin:
         if info is None:
             raise not_indexed(self.describe())  # type: ignore[attr-defined]
         return info.dim
+
+    def _bump_generation(self) -> None:
+        """A new generation after a committed write, so readers in other processes notice it."""
+        info = self.info()  # type: ignore[attr-defined]
+        if info is not None:
+            self._write_info(replace(info, generation=new_generation()))  # type: ignore[attr-defined]
 
     def set_extra(self, values: Mapping[str, Any]) -> None:
         self._writable()

@@ -135,9 +135,7 @@ class ChromaStore(InfoStoreMixin, VectorStore):
         self._seen_generation = info.generation
 
     def _commit(self) -> None:
-        info = self.info()
-        if info is not None:
-            self._write_info(replace(info, generation=new_generation()))
+        self._bump_generation()
 
     @staticmethod
     def _where(where: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -40,7 +40,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import numpy as np
@@ -58,6 +57,7 @@ from core.vectorstore._common import (
     mismatch,
     new_generation,
     normalise_where,
+    public_url,
     scrub,
 )
 from core.vectorstore.base import (
@@ -165,14 +165,6 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
 
 
-def _public_url(url: str) -> str:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 class MilvusStore(InfoStoreMixin, VectorStore):
     """See the module docstring."""
 
@@ -222,7 +214,7 @@ class MilvusStore(InfoStoreMixin, VectorStore):
         )
 
     def describe(self) -> str:
-        return f"Milvus collection {self.collection!r} at {_public_url(self.url)}"
+        return f"Milvus collection {self.collection!r} at {public_url(self.url)}"
 
     # --- plumbing ------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -301,9 +293,7 @@ class MilvusStore(InfoStoreMixin, VectorStore):
         """After a write: wait until the server applied it (so every reader sees it), then bump
         the generation so readers elsewhere notice."""
         self._barrier()
-        info = self.info()
-        if info is not None:
-            self._write_info(replace(info, generation=new_generation()))
+        self._bump_generation()
 
     def _query(self, name: str, expr: str, fields: list[str], limit: int | None = None) -> list:
         kwargs: dict[str, Any] = {"limit": limit} if limit else {}

@@ -30,7 +30,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -49,6 +48,7 @@ from core.vectorstore._common import (
     new_generation,
     normalise_where,
     not_indexed,
+    public_url,
     scrub,
 )
 from core.vectorstore.base import (
@@ -113,15 +113,6 @@ def _close_local(path: Path) -> None:
             entry[0].close()
 
 
-def _public_url(url: str) -> str:
-    """The URL without user info, query or fragment (nothing secret in messages)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 class QdrantStore(InfoStoreMixin, VectorStore):
     """See the module docstring."""
 
@@ -184,7 +175,7 @@ class QdrantStore(InfoStoreMixin, VectorStore):
 
     def describe(self) -> str:
         if self.url is not None:
-            return f"Qdrant collection {self.collection!r} at {_public_url(self.url)}"
+            return f"Qdrant collection {self.collection!r} at {public_url(self.url)}"
         return f"Qdrant collection {self.collection!r} in {self.path} (local mode)"
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -241,9 +232,7 @@ class QdrantStore(InfoStoreMixin, VectorStore):
 
     def _commit(self) -> None:
         """Bump the generation after a committed write, so readers elsewhere notice it."""
-        info = self.info()
-        if info is not None:
-            self._write_info(replace(info, generation=new_generation()))
+        self._bump_generation()
 
     @staticmethod
     def _filter(where: Mapping[str, Any] | None) -> models.Filter | None:

@@ -135,6 +135,12 @@ class VoteCalibrator:
         coef = self.ranks.get(rank)
         return None if coef is None else _platt(coef, shares, best_similarity)
 
+    def fitted_for(self, k: int, temperature: float) -> bool:
+        """Fitted on votes of these k neighbours at this temperature (older files: T = 0.05)?
+        A map fitted on other votes does not fit these."""
+        r = self.report
+        return r.get("k", k) == k and r.get("temperature", TEMPERATURE) == temperature
+
     def named_threshold(
         self, target: float, min_similarity: float, rank: str = "species"
     ) -> float | None:

@@ -21,7 +21,6 @@ from PIL import Image
 from core import embedders
 from core.answer import classify_neighbours, table_lineage
 from core.calibration import VoteCalibrator, load_calibrator
-from core.classify import TEMPERATURE
 from core.collection import normalize_species
 from core.embedders.base import Embedder
 from core.errors import (
@@ -275,9 +274,8 @@ class Engine:
                 self.settings.models_dir, fingerprint=self.embedder.fingerprint, key=key
             )
             s = self.settings
-            if cal is not None and (
-                cal.report.get("k", s.classify_neighbors) != s.classify_neighbors
-                or cal.report.get("temperature", TEMPERATURE) != s.classify_vote_temperature
+            if cal is not None and not cal.fitted_for(
+                s.classify_neighbors, s.classify_vote_temperature
             ):
                 # fitted on votes of another k or temperature: its map does not fit these
                 log.info("Vote calibration fitted for other vote settings; `kontrol train` refits.")

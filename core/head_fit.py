@@ -491,8 +491,7 @@ def calibrate_vote_from_store(
         existing = load_calibrator(models_dir, fingerprint=fingerprint, key=key)
         current = (
             existing is not None
-            and existing.report.get("k", k) == k
-            and existing.report.get("temperature", TEMPERATURE) == temperature
+            and existing.fitted_for(k, temperature)
             and (
                 target_precision is None
                 or min_similarity is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 TOKEN = "root:Milvus"
@@ -117,3 +118,17 @@ class MilvusTestServer:
             if path.exists():
                 out.append(f"--- {name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(out)
+
+
+def serving(folder: Path) -> Iterator[MilvusTestServer]:
+    """A started server for a module's fixture (the test fails, with the server's log, when it
+    does not start), stopped afterwards."""
+    import pytest
+
+    server = MilvusTestServer(folder)
+    try:
+        server.start()
+    except Exception as exc:
+        pytest.fail(f"the Milvus test server did not start: {exc}\n{server.log_tail()}")
+    yield server
+    server.stop()

@@ -18,7 +18,7 @@ import pytest
 
 from tests.fake_telegram import FakeTelegram
 from tests.helpers import make_collection
-from tests.milvus_server import TOKEN, MilvusTestServer, free_port
+from tests.milvus_server import TOKEN, MilvusTestServer, free_port, serving
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "hook-secret-1"
@@ -26,13 +26,7 @@ SECRET = "hook-secret-1"
 
 @pytest.fixture(scope="module")
 def milvus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusTestServer]:
-    server = MilvusTestServer(tmp_path_factory.mktemp("milvus-bots"))
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"the Milvus test server did not start: {exc}\n{server.log_tail()}")
-    yield server
-    server.stop()
+    yield from serving(tmp_path_factory.mktemp("milvus-bots"))
 
 
 def _env(base: dict[str, str], **extra: str) -> dict[str, str]:

@@ -21,20 +21,14 @@ from pymilvus import MilvusClient
 
 from core.vectorstore import StoreInfo, StoreUnavailableError, matches
 from core.vectorstore.milvus_store import MilvusStore, expression
-from tests.milvus_server import TOKEN, MilvusTestServer, free_port
+from tests.milvus_server import TOKEN, MilvusTestServer, free_port, serving
 from tests.store_contract import *  # noqa: F403
 from tests.store_contract import DIM, FP, exact_top, make_records, open_spec
 
 
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusTestServer]:
-    server = MilvusTestServer(tmp_path_factory.mktemp("milvus"))
-    try:
-        server.start()
-    except Exception as exc:
-        pytest.fail(f"the Milvus test server did not start: {exc}\n{server.log_tail()}")
-    yield server
-    server.stop()
+    yield from serving(tmp_path_factory.mktemp("milvus"))
 
 
 @pytest.fixture

@@ -62,38 +62,40 @@ class Settings(BaseSettings):
         description="Fine-tuned classifier checkpoint used when model=checkpoint.",
     )
     descriptor: Literal["pooled", "flip", "imagenet_fusion", "flip_fusion"] = Field(
-        "imagenet_fusion",
+        "flip_fusion",
         description=(
             "What a photo is indexed and searched by (core/embedders/descriptor.py): pooled "
             "(backbone embedding), flip (mean with the mirrored photo; 2x the compute), "
             "imagenet_fusion (embedding joined with the ImageNet animal-class probabilities; "
             "1680 dims, 1792 with lineage_weight > 0), or flip_fusion (both). model=checkpoint "
             "has no ImageNet head, so the fusion part is dropped there. Part of the index "
-            "fingerprint: changing it rebuilds the index. Default and alternatives measured in "
-            "BENCHMARKS.md (quality section)."
+            "fingerprint: changing it rebuilds the index. flip_fusion, w 0.35, λ 1, T 1 were chosen "
+            "together by scripts/choose_descriptor.py (BENCHMARKS.md): the second model pass "
+            "paid for itself beyond noise on held-out queries; imagenet_fusion halves the "
+            "model time for indexing and queries."
         ),
     )
     fusion_weight: float = Field(
-        0.2,
+        0.35,
         ge=0.0,
         le=1.0,
         description=(
             "imagenet_fusion / flip_fusion: share of the cosine similarity given to the ImageNet class "
-            "probabilities (0 = pooled embedding only). 0.2 is the largest weight that kept "
-            "near-duplicate recall at the pooled level's >= 0.995 on the demo's 510 queries."
+            "probabilities (0 = pooled embedding only). 0.35: chosen with the descriptor by "
+            "scripts/choose_descriptor.py; 0.5 drops near-duplicate recall below 0.995."
         ),
     )
     lineage_weight: float = Field(
-        0.25,
+        1.0,
         ge=0.0,
         le=1.0,
         description=(
             "imagenet_fusion / flip_fusion: share of the class part moved from ImageNet's classes to "
             "their genus, family, order and class (core/data/imagenet_lineage.csv), so two species "
-            "of one genus or family count as near (1792 dims). 0 = plain fusion (today's 1680-d "
-            "vectors and index). Part of the index fingerprint when > 0. 0.25: coarse figures up "
-            "with paired intervals above 0, species, near-duplicate and open-set figures within "
-            "noise on the demo; 0.5 passes too, 0.75 lowers the open-set rate (BENCHMARKS.md)."
+            "of one genus or family count as near (1792 dims). 0 = plain fusion (1680-d vectors). "
+            "Part of the index fingerprint when > 0. 1.0: chosen with the descriptor by "
+            "scripts/choose_descriptor.py (coarse and served answers up; species figures within "
+            "noise of 0.25-0.5)."
         ),
     )
     fusion_temperature: float = Field(
@@ -102,7 +104,7 @@ class Settings(BaseSettings):
         le=10.0,
         description=(
             "imagenet_fusion / flip_fusion: softmax temperature of the class probabilities "
-            "(>1 flattens them)."
+            "(>1 flattens them). 1.0: chosen with the descriptor by scripts/choose_descriptor.py."
         ),
     )
     index_type: Literal["auto", "flat", "ivf"] = Field(

@@ -89,7 +89,7 @@ def test_unit_rows_of_declared_dim(descriptor: str) -> None:
 
 
 def test_flip_of_symmetric_image_equals_pooled_lite0() -> None:
-    settings = load_settings(runtime="torch")
+    settings = load_settings(runtime="torch", descriptor="pooled")
     pooled = create_embedder(settings)
     flip = DescriptorEmbedder(pooled, "flip")
     images = [_symmetric(1), _symmetric(2)]
@@ -195,7 +195,9 @@ def test_lineage_zero_is_todays_fusion_exactly(tmp_path: Path) -> None:
         )
     )
     np.testing.assert_array_equal(emb.embed_images(images).embeddings, today)
-    settings = load_settings(models_dir=tmp_path, runtime="torch", lineage_weight=0.0)
+    settings = load_settings(
+        models_dir=tmp_path, runtime="torch", descriptor="imagenet_fusion", lineage_weight=0.0
+    )
     prints = create_embedder(settings).fingerprint
     assert prints.endswith(f"|imagenet_fusion-w{settings.fusion_weight:g}-t1-d1")
 

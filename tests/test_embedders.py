@@ -375,7 +375,11 @@ def test_checkpoint_embeds_with_its_own_head(tmp_path, lite0_torch, images) -> N
     path = _write_checkpoint(tmp_path / "best_model.pth")
     emb = create_embedder(
         load_settings(
-            model="checkpoint", checkpoint_path=path, runtime="torch", models_dir=tmp_path
+            model="checkpoint",
+            checkpoint_path=path,
+            runtime="torch",
+            models_dir=tmp_path,
+            descriptor="pooled",
         )
     )
     assert emb.class_names == SPECIES
@@ -389,7 +393,13 @@ def test_checkpoint_embeds_with_its_own_head(tmp_path, lite0_torch, images) -> N
     assert emb.fingerprint.startswith("checkpoint:efficientnet_lite0|")
 
     ort_emb = create_embedder(
-        load_settings(model="checkpoint", checkpoint_path=path, runtime="onnx", models_dir=tmp_path)
+        load_settings(
+            model="checkpoint",
+            checkpoint_path=path,
+            runtime="onnx",
+            models_dir=tmp_path,
+            descriptor="pooled",
+        )
     )
     assert ort_emb.fingerprint == emb.fingerprint
     b = ort_emb.embed_images(images[:3])

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.calibration import fit_vote_calibration, load_calibrator
+from core.calibration import ECE_BINS, fit_vote_calibration, load_calibrator
+from core.calibration import expected_calibration_error as confidence_ece
 from core.classify import TEMPERATURE
 from core.head import (
     HEAD_FILE,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_L2 = 1e-2
 MAX_ITER = 300
-ECE_BINS = 15
 T_MIN, T_MAX = 0.05, 100.0
 
 
@@ -138,17 +138,10 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, prior_sd: float =
 def expected_calibration_error(
     probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 ) -> float:
-    """ECE: |accuracy - confidence| of the top class, averaged over equal-width confidence bins."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)
-    total = 0.0
-    for k in range(bins):
-        mask = which == k
-        if mask.any():
-            total += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(total)
+    """ECE of the head's top class: the vote calibration's measure (same bins), so the two
+    reports of `kontrol train` compare."""
+    probs = np.asarray(probs)
+    return confidence_ece(probs.max(axis=1), probs.argmax(axis=1) == np.asarray(labels), bins)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

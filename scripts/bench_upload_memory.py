@@ -38,6 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report_blocks import replace_block  # noqa: E402  (scripts/)
+
 MB = 1024 * 1024
 VARIANTS = ("old", "no-budget", "no-trim", "budget")
 # Calibration passes while no measured peak exceeds its estimate by more than this (RSS noise).
@@ -327,16 +329,11 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace, load: tuple, 
 
 def write_block(path: Path, name: str, table: str) -> None:
     """Replace the block `name` of `path` (between its markers), or append it as a section."""
-    start_mark = f"<!-- bench_upload_memory {name}: start -->"
-    end_mark = f"<!-- bench_upload_memory {name}: end -->"
-    block = f"{start_mark}\n{table}{end_mark}\n"
-    text = path.read_text() if path.exists() else "# Reliability\n"
-    start, end = text.find(start_mark), text.find(end_mark)
-    if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(end_mark) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n## Upload memory\n\n" + block
-    path.write_text(text)
+    start, end = (f"<!-- bench_upload_memory {name}: {edge} -->" for edge in ("start", "end"))
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Reliability\n"
+    if start not in text:
+        path.write_text(text.rstrip("\n") + "\n\n## Upload memory\n", encoding="utf-8")
+    replace_block(path, start, end, table)
 
 
 def main() -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from core.calibration import (
+    ECE_BINS,
     VoteRow,
     cross_fitted_confidence,
     expected_calibration_error,
@@ -31,7 +32,6 @@ from core.risk_coverage import Curve, fold_of, risk_coverage
 from core.taxonomy import lineage_for
 
 BOOTSTRAP_REPS = 1000
-ECE_BINS = 15
 
 
 def bootstrap_ci(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -179,6 +179,18 @@ def shared_rank(a: Lineage, b: Lineage) -> str | None:
 def rank_names(lineage: Lineage) -> dict[str, str]:
     """Payload fields `genus`, `family`, `order`, `class` of a lineage; unknown ranks left out."""
     return {r: v for r in PAYLOAD_RANKS if (v := lineage.get(r))}
+
+
+def collection_lineage(root: Path | str) -> Callable[[str], dict[str, str]]:
+    """Genus, family, order and class of a species name as indexing stores them for the
+    collection at `root`: the packaged tables with its taxonomy.csv on top (TaxonomyFileError
+    for a broken file)."""
+    overrides = load_taxonomy_csv(root)
+
+    def lineage(name: str) -> dict[str, str]:
+        return rank_names(lineage_for(name, overrides))
+
+    return lineage
 
 
 def load_taxonomy_csv(root: Path | str) -> dict[str, dict[str, str]]:

@@ -56,7 +56,7 @@ from core.imageio import load_image
 from core.imagenet import animal_share
 from core.risk_coverage import MIN_NAMED
 from core.settings import get_settings
-from core.taxonomy import lineage_for, load_taxonomy_csv, rank_names
+from core.taxonomy import collection_lineage
 from kontrol.evaluation import quality
 from kontrol.evaluation.augment import alter_all
 from kontrol.evaluation.cli import non_animal_photos
@@ -205,11 +205,7 @@ def main() -> int:
     args = parser.parse_args()
     settings = _settings()
     images = Path(args.images)
-    overrides = load_taxonomy_csv(images)  # the collection's taxonomy.csv, as the indexer reads it
-
-    def lineage(name: str) -> dict[str, str]:
-        return rank_names(lineage_for(name, overrides))
-
+    lineage = collection_lineage(images)  # its taxonomy.csv included, as the indexer reads it
     manifest = Path(args.manifest) if args.manifest else (images / "manifest.csv")
     started = time.perf_counter()
     x, labels, group, original, shares = embed_collection(

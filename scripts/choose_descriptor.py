@@ -54,11 +54,13 @@ if str(ROOT) not in sys.path:
 
 from report_blocks import replace_block  # noqa: E402  (scripts/)
 
+from core.answer import LineageFn, table_lineage  # noqa: E402
 from core.embedders import create_embedder  # noqa: E402
 from core.embedders.base import Embedder, EmbedOutput  # noqa: E402
 from core.embedders.descriptor import DescriptorEmbedder  # noqa: E402
 from core.imageio import load_image  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from core.taxonomy import collection_lineage  # noqa: E402
 from kontrol.evaluation import metrics, quality  # noqa: E402
 from kontrol.evaluation.augment import alter_all  # noqa: E402
 from kontrol.evaluation.labels import LabelledPhoto, load_labels  # noqa: E402
@@ -208,10 +210,10 @@ def copies_species_hits(
     return species[sims.argmax(axis=1)] == species[own]
 
 
-def answered_right(served: Answers) -> np.ndarray:
+def answered_right(served: Answers, lineage: LineageFn) -> np.ndarray:
     """Per photo asked as new: did the served answer name something true, the species or the
     taxon at the rank it answered at? ("not sure" never is.)"""
-    return served.right() | served.rank_outcomes()[1]
+    return served.right() | served.rank_outcomes(lineage)[1]
 
 
 def per_query(
@@ -221,12 +223,14 @@ def per_query(
     labels: list[str],
     coarse: list[str | None],
     settings: Settings,
+    lineage: LineageFn = table_lineage,
 ) -> dict[str, np.ndarray]:
-    """Per-query values of every metric (same queries for every variant, so they pair up)."""
+    """Per-query values of every metric (same queries for every variant, so they pair up);
+    `lineage`: the collection's taxonomy, as its index would store it."""
     sim = metrics.similarity_matrix(gallery)
     policy = policy_of(settings)
-    served = held_out_answers(gallery, labels, policy)
-    unknown = held_out_answers(gallery, labels, policy, hide_species=True)
+    served = held_out_answers(gallery, labels, policy, lineage=lineage)
+    unknown = held_out_answers(gallery, labels, policy, hide_species=True, lineage=lineage)
     known = metrics.eligible(labels, 2)[served.queries]
     filled = [c if c is not None else f"__none_{i}" for i, c in enumerate(coarse)]
     idx, _ = metrics.top_k(sim, 5)
@@ -247,7 +251,7 @@ def per_query(
         "genus_r1": quality.genus_recall_at_1(sim, labels)[0],
         "near_dup_r1": metrics.near_duplicate_hits(queries, altered_of, gallery),
         "top1_acc": served.right()[known],
-        "answered_right": answered_right(served),
+        "answered_right": answered_right(served, lineage),
         "open_set": ~unknown.named(),
     }
     return {k: np.asarray(v if v is not None else [], dtype=np.float64) for k, v in scores.items()}
@@ -333,6 +337,7 @@ def evaluate_variants(
     coarse: list[str | None],
     settings: Settings,
     variants: list[Variant],
+    lineage: LineageFn,
 ) -> dict[Variant, Values]:
     """Per-query metric values of every variant, each from `DescriptorEmbedder._fuse`."""
     results: dict[Variant, Values] = {}
@@ -344,7 +349,9 @@ def evaluate_variants(
         )._fuse
         gallery = fuse(EmbedOutput(*data["originals"][source])).embeddings
         queries = fuse(EmbedOutput(*data["altered"][source])).embeddings
-        results[v] = per_query(gallery, queries, data["altered_of"], labels, coarse, settings)
+        results[v] = per_query(
+            gallery, queries, data["altered_of"], labels, coarse, settings, lineage
+        )
         if number % 10 == 0:
             log(f"{number} of {len(variants)} variants measured")
     return results
@@ -598,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.cache:
                 _save_cache(args.cache, data)
         log(f"metrics of {len(variants)} variants")
-        results = evaluate_variants(data, base, labels, coarse, settings, variants)
+        lineage = collection_lineage(args.images)  # its taxonomy.csv, as indexing reads it
+        results = evaluate_variants(data, base, labels, coarse, settings, variants, lineage)
         owners = query_owners(labels, coarse, data["altered_of"])
         summary = summarise(results, default, owners)
         dims = {

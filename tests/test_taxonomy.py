@@ -14,6 +14,7 @@ from core.taxonomy import (
     IMAGENET_TABLE,
     Lineage,
     TaxonomyFileError,
+    collection_lineage,
     imagenet_lineage,
     lineage_for,
     load_taxonomy_csv,
@@ -151,6 +152,22 @@ def test_override_wins_and_fills_higher_ranks(tmp_path: Path) -> None:
 
 def test_no_taxonomy_csv_means_no_overrides(tmp_path: Path) -> None:
     assert load_taxonomy_csv(tmp_path) == {}
+    assert collection_lineage(tmp_path)("Felis catus") == rank_names(lineage_for("Felis catus"))
+
+
+def test_collection_lineage_reads_the_collection_file(tmp_path: Path) -> None:
+    """What the tuning scripts grade rank answers by: the ranks indexing would store."""
+    _write(
+        tmp_path,
+        "scientific_name,genus,family,order,class\nPapilio_machaon,,Papilionidae,Lepidoptera,Insecta\n",
+    )
+    lineage = collection_lineage(tmp_path)
+    assert lineage("Papilio machaon") == {
+        "genus": "Papilio",
+        "family": "Papilionidae",
+        "order": "Lepidoptera",
+        "class": "Insecta",
+    }
 
 
 @pytest.mark.parametrize(

@@ -62,49 +62,49 @@ class Settings(BaseSettings):
         description="Fine-tuned classifier checkpoint used when model=checkpoint.",
     )
     descriptor: Literal["pooled", "flip", "imagenet_fusion", "flip_fusion"] = Field(
-        "flip_fusion",
+        "imagenet_fusion",
         description=(
             "What a photo is indexed and searched by (core/embedders/descriptor.py): pooled "
             "(backbone embedding), flip (mean with the mirrored photo; 2x the compute), "
             "imagenet_fusion (embedding joined with the ImageNet animal-class probabilities; "
             "1680 dims, 1792 with lineage_weight > 0), or flip_fusion (both). model=checkpoint "
             "has no ImageNet head, so the fusion part is dropped there. Part of the index "
-            "fingerprint: changing it rebuilds the index. flip_fusion, w 0.35, λ 1, T 1 were chosen "
-            "together by scripts/choose_descriptor.py (BENCHMARKS.md): the second model pass "
-            "paid for itself beyond noise on held-out queries; imagenet_fusion halves the "
-            "model time for indexing and queries."
+            "fingerprint: changing it rebuilds the index. imagenet_fusion, w 0.2, λ 0.75, T 0.5 were "
+            "chosen together by scripts/choose_descriptor.py (BENCHMARKS.md); flip_fusion's "
+            "second model pass gained nothing beyond noise there."
         ),
     )
     fusion_weight: float = Field(
-        0.35,
+        0.2,
         ge=0.0,
         le=1.0,
         description=(
             "imagenet_fusion / flip_fusion: share of the cosine similarity given to the ImageNet class "
-            "probabilities (0 = pooled embedding only). 0.35: chosen with the descriptor by "
+            "probabilities (0 = pooled embedding only). 0.2: chosen with the descriptor by "
             "scripts/choose_descriptor.py; 0.5 drops near-duplicate recall below 0.995."
         ),
     )
     lineage_weight: float = Field(
-        1.0,
+        0.75,
         ge=0.0,
         le=1.0,
         description=(
             "imagenet_fusion / flip_fusion: share of the class part moved from ImageNet's classes to "
             "their genus, family, order and class (core/data/imagenet_lineage.csv), so two species "
             "of one genus or family count as near (1792 dims). 0 = plain fusion (1680-d vectors). "
-            "Part of the index fingerprint when > 0. 1.0: chosen with the descriptor by "
-            "scripts/choose_descriptor.py (coarse and served answers up; species figures within "
-            "noise of 0.25-0.5)."
+            "Part of the index fingerprint when > 0. 0.75: chosen with the descriptor by "
+            "scripts/choose_descriptor.py (coarse figures and served answers up, species figures "
+            "within noise)."
         ),
     )
     fusion_temperature: float = Field(
-        1.0,
+        0.5,
         gt=0.0,
         le=10.0,
         description=(
             "imagenet_fusion / flip_fusion: softmax temperature of the class probabilities "
-            "(>1 flattens them). 1.0: chosen with the descriptor by scripts/choose_descriptor.py."
+            "(>1 flattens them, <1 sharpens). 0.5: chosen with the descriptor by "
+            "scripts/choose_descriptor.py."
         ),
     )
     index_type: Literal["auto", "flat", "ivf"] = Field(

@@ -15,10 +15,15 @@ Procedure (issue 9, item 2: every default picked by a written procedure, flat op
    (`kontrol.evaluation.served`, the engine's classification path with the configured
    KONTROL_CLASSIFY_* settings, held out): top-1 accuracy on known species, answers right at some
    rank (species, genus, family, order or class) over every photo, and the open-set "not sure"
-   rate. Each has a 95 % bootstrap interval and the paired difference to the shipped default
-   (the same resampled queries for both).
-3. Guard: a variant qualifies when near-duplicate R@1 stays >= 0.995 (the issue's goal) and no
-   metric's paired interval lies wholly below the default's.
+   rate. The served answers use the variant's own similarity gate: the lowest of 0.35 .. 0.65
+   at which no photo with no animal (`kontrol eval`'s negatives, or --negatives DIR) gets a
+   name from the similarity gate alone, as `scripts/choose_defaults.py` requires; a descriptor
+   that raises every similarity needs a higher gate and pays for it in answers. Each metric has
+   a 95 % bootstrap interval and the paired difference to a fixed reference, the first round's
+   default imagenet_fusion w 0.2, λ 0, T 1 (the same resampled queries for both).
+3. Guard: a variant qualifies when near-duplicate R@1 stays >= 0.995 (the issue's goal), some
+   gate keeps every photo with no animal unnamed, and no metric's paired interval lies wholly
+   below the reference's.
 4. Objective: the sum of the paired mean gains over species R@1, species R@1 of copies, species
    mAP, coarse mAP, 5-NN coarse accuracy, genus R@1 and answers right at some rank (each on its
    0-1 scale). Each variant is scored by its objective averaged with its grid neighbours' (one
@@ -35,6 +40,7 @@ KONTROL_MODELS_DIR or a scratch folder, never models/; nothing else is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -63,16 +69,22 @@ from core.settings import Settings, load_settings  # noqa: E402
 from core.taxonomy import collection_lineage  # noqa: E402
 from kontrol.evaluation import metrics, quality  # noqa: E402
 from kontrol.evaluation.augment import alter_all  # noqa: E402
+from kontrol.evaluation.cli import non_animal_photos  # noqa: E402
 from kontrol.evaluation.labels import LabelledPhoto, load_labels  # noqa: E402
-from kontrol.evaluation.served import AnswerPolicy, Answers, held_out_answers  # noqa: E402
+from kontrol.evaluation.served import (  # noqa: E402
+    AnswerPolicy,
+    Answers,
+    held_out_answers,
+    outsider_answers,
+)
 
 START, END = "<!-- lineage:start -->", "<!-- lineage:end -->"
 AFTER = "<!-- quality:end -->"
 OUT = ROOT / "BENCHMARKS.md"
 DESCRIPTORS = ("imagenet_fusion", "flip_fusion")
-WEIGHTS = (0.2, 0.35, 0.5)
+WEIGHTS = (0.1, 0.2, 0.35, 0.5)
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-TEMPERATURES = (0.5, 1.0, 2.0)
+TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
 METRICS = {
     "species_r1": "species R@1",
     "species_r1_copies": "species R@1 (copies)",
@@ -87,6 +99,15 @@ METRICS = {
     "answered_right": "right at some rank (served)",
     "open_set": "open-set not-sure",
 }
+#: Per variant, which photos with no animal the served answers name (a guard, not a metric).
+NEGATIVES = "negatives_named"
+#: Per variant, the similarity gate its served answers were measured at.
+GATE = "similarity_gate"
+#: The gates tried, lowest first (`scripts/choose_defaults.py`'s grid).
+GATES = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65)
+#: What every variant is compared to: the first round's default, before issue 9. A fixed
+#: reference keeps the choice a function of the data, not of what ships at the time.
+REFERENCE: tuple[str, float, float, float] = ("imagenet_fusion", 0.2, 0.0, 1.0)
 #: The gains the choice maximises (step 4).
 OBJECTIVE = (
     "species_r1",
@@ -152,9 +173,14 @@ def embed_all(
 
 
 def load_and_embed(
-    photos: list[LabelledPhoto], base: Embedder, batch_size: int, seed: int
+    photos: list[LabelledPhoto],
+    base: Embedder,
+    batch_size: int,
+    seed: int,
+    negatives: list[Path],
 ) -> dict[str, Any]:
-    """Originals and their six alterations each (seeded per photo exactly as `kontrol eval`)."""
+    """Originals and their six alterations each (seeded per photo exactly as `kontrol eval`),
+    and the photos with no animal."""
     settings = load_settings()
     originals, altered, altered_of, kinds = [], [], [], []
     for photo in photos:
@@ -171,9 +197,11 @@ def load_and_embed(
             altered_of.append(len(originals))
         originals.append(image)
     log(f"embedding {len(originals)} photos and {len(altered)} altered copies (plain + flip)")
+    empty = [load_image(path, target_size=base.input_size) for path in negatives]
     return {
         "originals": embed_all(base, originals, batch_size),
         "altered": embed_all(base, altered, batch_size),
+        "negatives": embed_all(base, empty, batch_size),
         "altered_of": np.array(altered_of, dtype=np.int64),
         "kinds": kinds,
     }
@@ -222,13 +250,13 @@ def per_query(
     altered_of: np.ndarray,
     labels: list[str],
     coarse: list[str | None],
-    settings: Settings,
+    policy: AnswerPolicy,
     lineage: LineageFn = table_lineage,
 ) -> dict[str, np.ndarray]:
     """Per-query values of every metric (same queries for every variant, so they pair up);
-    `lineage`: the collection's taxonomy, as its index would store it."""
+    `policy`: the engine's classification settings, `lineage`: the collection's taxonomy, as its
+    index would store it."""
     sim = metrics.similarity_matrix(gallery)
-    policy = policy_of(settings)
     served = held_out_answers(gallery, labels, policy, lineage=lineage)
     unknown = held_out_answers(gallery, labels, policy, hide_species=True, lineage=lineage)
     known = metrics.eligible(labels, 2)[served.queries]
@@ -319,15 +347,35 @@ def objective_diff_ci(
     return point, float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))
 
 
-def grid_of(default: Variant) -> list[Variant]:
-    """Every variant of the grid, the shipped default's values included on each axis."""
+def grid_of(*included: Variant) -> list[Variant]:
+    """Every variant of the grid, with the values of `included` (the reference, the shipped
+    default) on each axis."""
     axes = [
-        DESCRIPTORS if default[0] in DESCRIPTORS else (*DESCRIPTORS, default[0]),
-        tuple(sorted({*WEIGHTS, default[1]})),
-        tuple(sorted({*LAMBDAS, default[2]})),
-        tuple(sorted({*TEMPERATURES, default[3]})),
+        tuple(dict.fromkeys([*DESCRIPTORS, *(v[0] for v in included)])),
+        tuple(sorted({*WEIGHTS, *(v[1] for v in included)})),
+        tuple(sorted({*LAMBDAS, *(v[2] for v in included)})),
+        tuple(sorted({*TEMPERATURES, *(v[3] for v in included)})),
     ]
     return list(itertools.product(*axes))  # type: ignore[arg-type]
+
+
+def similarity_gate(
+    empty: np.ndarray,
+    gallery: np.ndarray,
+    labels: list[str],
+    policy: AnswerPolicy,
+    lineage: LineageFn,
+) -> tuple[float, np.ndarray]:
+    """The lowest gate of GATES at which the served answers name none of the photos with no
+    animal (`empty`), and which of them are named there (the last gate's when none holds)."""
+    named = np.zeros(len(empty))
+    for gate in GATES:
+        at = dataclasses.replace(policy, min_similarity=gate)
+        answers = outsider_answers(empty, gallery, labels, at, lineage=lineage)
+        named = np.array([a["rank"] is not None for a in answers], dtype=np.float64)
+        if not named.any():
+            return gate, named
+    return GATES[-1], named
 
 
 def evaluate_variants(
@@ -335,11 +383,12 @@ def evaluate_variants(
     base: Embedder,
     labels: list[str],
     coarse: list[str | None],
-    settings: Settings,
+    policy: AnswerPolicy,
     variants: list[Variant],
     lineage: LineageFn,
 ) -> dict[Variant, Values]:
-    """Per-query metric values of every variant, each from `DescriptorEmbedder._fuse`."""
+    """Per-query metric values of every variant, each from `DescriptorEmbedder._fuse`, its
+    served answers at its own similarity gate (`similarity_gate`)."""
     results: dict[Variant, Values] = {}
     for number, v in enumerate(variants, start=1):
         descriptor, w, lam, t = v
@@ -349,24 +398,27 @@ def evaluate_variants(
         )._fuse
         gallery = fuse(EmbedOutput(*data["originals"][source])).embeddings
         queries = fuse(EmbedOutput(*data["altered"][source])).embeddings
-        results[v] = per_query(
-            gallery, queries, data["altered_of"], labels, coarse, settings, lineage
-        )
+        empty = fuse(EmbedOutput(*data["negatives"][source])).embeddings
+        gate, named = similarity_gate(empty, gallery, labels, policy, lineage)
+        at = dataclasses.replace(policy, min_similarity=gate)
+        results[v] = per_query(gallery, queries, data["altered_of"], labels, coarse, at, lineage)
+        results[v][NEGATIVES] = named
+        results[v][GATE] = np.array([gate])
         if number % 10 == 0:
             log(f"{number} of {len(variants)} variants measured")
     return results
 
 
 def summarise(
-    results: dict[Variant, Values], default: Variant, owners: dict[str, np.ndarray]
+    results: dict[Variant, Values], reference: Variant, owners: dict[str, np.ndarray]
 ) -> dict[Variant, dict[str, Any]]:
-    """Value, 95 % CI, n, and the paired difference to the default, per variant and metric."""
-    base = results[default]
+    """Value, 95 % CI, n, and the paired difference to `reference`, per variant and metric."""
+    base = results[reference]
     out: dict[Variant, dict[str, Any]] = {}
     for variant, values in results.items():
         row: dict[str, Any] = {}
         for key, v in values.items():
-            if len(v) != len(owners[key]):
+            if key in owners and len(v) != len(owners[key]):
                 raise AssertionError(f"{key}: {len(v)} values for {len(owners[key])} queries")
             row[key] = {
                 "value": float(v.mean()) if v.size else None,
@@ -379,11 +431,14 @@ def summarise(
 
 
 def qualifies(row: dict[str, Any]) -> bool:
-    """Step 3: near-duplicate goal kept, and no metric's paired interval wholly below 0."""
+    """Step 3: near-duplicate goal kept, no photo without an animal named, and no metric's
+    paired interval wholly below 0."""
     near_dup = row["near_dup_r1"]["value"]
     if near_dup is None or near_dup < NEAR_DUP_TARGET:
         return False
-    return not any(m["diff_vs_default"][2] < 0 for m in row.values())
+    if (row.get(NEGATIVES) or {}).get("value"):
+        return False
+    return not any(row[k]["diff_vs_default"][2] < 0 for k in METRICS)
 
 
 def objective(row: dict[str, Any]) -> float:
@@ -435,7 +490,9 @@ def recommend(
     """Steps 3-6: the chosen variant and the reasons, in words."""
     ok = [v for v in summary if qualifies(summary[v])]
     why = [f"{len(ok)} of {len(summary)} variants qualify (step 3)."]
-    best = max(ok, key=lambda v: smoothed(v, summary), default=default)
+    if not ok:
+        return default, [*why, "The shipped default stays."]
+    best = max(ok, key=lambda v: smoothed(v, summary))
     why.append(
         f"Best neighbourhood-averaged objective: {vname(best)} "
         f"({smoothed(best, summary):+.3f}; its own {objective(summary[best]):+.3f})."
@@ -479,12 +536,11 @@ def _diff(m: dict[str, Any]) -> str:
 SHOWN = 12
 
 
-def shown_rows(
-    summary: dict[Variant, dict[str, Any]], default: Variant, chosen: Variant
-) -> list[Variant]:
-    """The table's rows: the default, the choice, then the best by neighbourhood average."""
+def shown_rows(summary: dict[Variant, dict[str, Any]], *first: Variant) -> list[Variant]:
+    """The table's rows: `first` (reference, shipped default, choice), then the best by
+    neighbourhood average."""
     ranked = sorted(summary, key=lambda v: -smoothed(v, summary))
-    rows = [default, *([chosen] if chosen != default else [])]
+    rows = list(dict.fromkeys(first))
     rows += [v for v in ranked if v not in rows][: SHOWN - len(rows)]
     return rows
 
@@ -498,9 +554,9 @@ def render(
     command: str,
     extra: dict[str, Any],
 ) -> str:
-    n = {k: summary[default][k]["n"] for k in METRICS}
+    n = {k: summary[REFERENCE][k]["n"] for k in METRICS}
     head = " | ".join(f"{label} (n={n[k]})" for k, label in METRICS.items())
-    rows = shown_rows(summary, default, chosen)
+    rows = shown_rows(summary, REFERENCE, default, chosen)
     lines = [
         "## Descriptor, fusion and lineage weights (`KONTROL_DESCRIPTOR`, `KONTROL_FUSION_WEIGHT`, "
         "`KONTROL_LINEAGE_WEIGHT`, `KONTROL_FUSION_TEMPERATURE`)",
@@ -510,12 +566,15 @@ def render(
         f"cores, {extra['seconds']:.0f} s._ The procedure is the script's docstring. The model ran "
         "once per photo and altered copy, plus mirrored; each variant's vectors are "
         "`DescriptorEmbedder._fuse` of those outputs, the vectors indexing would store. "
-        f"{len(summary)} variants; shown: the default (first row), the choice (bold) and the "
-        "best by neighbourhood-averaged objective; all of them are in the JSON. Cells: value "
-        "[95 % bootstrap interval over queries].",
+        f"{len(summary)} variants; shown: the reference {vname(REFERENCE)} (the first round's "
+        f"default), the default shipped when this ran ({vname(default)}), the choice (bold) and "
+        "the best by neighbourhood-averaged objective; all of them are in the JSON. Served "
+        "answers at the variant's own similarity gate (the lowest naming no photo with no "
+        "animal). Cells: value [95 % bootstrap interval over queries].",
         "",
-        f"| variant | dim | qualifies | objective (own / averaged) | {head} |",
-        "|---|---|---|---|" + "---|" * len(METRICS),
+        f"| variant | dim | qualifies | objective (own / averaged) | similarity gate | "
+        f"no-animal named | {head} |",
+        "|---|---|---|---|---|---|" + "---|" * len(METRICS),
     ]
     for v in rows:
         row = summary[v]
@@ -523,17 +582,20 @@ def render(
         name = f"**{vname(v)}**" if v == chosen else vname(v)
         flag = "yes" if qualifies(row) else "no"
         score = f"{objective(row):+.3f} / {smoothed(v, summary):+.3f}"
-        lines.append(f"| {name} | {dims[v]} | {flag} | {score} | {cells} |")
+        empty = row.get(NEGATIVES) or {"value": 0.0, "n": 0}
+        named = f"{round((empty['value'] or 0.0) * empty['n'])} of {empty['n']}"
+        gate = f"{row[GATE]['value']:.2f}"
+        lines.append(f"| {name} | {dims[v]} | {flag} | {score} | {gate} | {named} | {cells} |")
     lines += [
         "",
-        f"Paired difference to the default ({vname(default)}): mean [95 % interval], the same "
+        f"Paired difference to the reference ({vname(REFERENCE)}): mean [95 % interval], the same "
         "resampled queries for both; **+** / **−** mark intervals that exclude 0.",
         "",
         "| variant | " + " | ".join(METRICS.values()) + " |",
         "|---|" + "---|" * len(METRICS),
     ]
     for v in rows:
-        if v != default:
+        if v != REFERENCE:
             lines.append(
                 f"| {vname(v)} | " + " | ".join(_diff(summary[v][k]) for k in METRICS) + " |"
             )
@@ -549,18 +611,21 @@ def write_section(text: str, path: Path = OUT) -> None:
 # --- main ----------------------------------------------------------------------------------------
 
 
+PARTS = ("originals", "altered", "negatives")
+
+
 def _load_cache(path: Path) -> dict[str, Any]:
     with np.load(path, allow_pickle=False) as z:
         return {
             part: {s: (z[f"{part}_{s}_e"], z[f"{part}_{s}_l"]) for s in ("plain", "flip")}
-            for part in ("originals", "altered")
+            for part in PARTS
         } | {"altered_of": z["altered_of"], "kinds": list(z["kinds"])}
 
 
 def _save_cache(path: Path, data: dict[str, Any]) -> None:
     arrays = {
         f"{part}_{src}_{k}": data[part][src][i]
-        for part in ("originals", "altered")
+        for part in PARTS
         for src in ("plain", "flip")
         for i, k in enumerate("el")
     }
@@ -576,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, help="npz of the model outputs, reused if present")
+    parser.add_argument(
+        "--negatives", help="folder of photos with no animal (default: as `kontrol eval`)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -585,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = [p.label for p in photos]
     coarse = [p.coarse for p in photos]
     default = shipped_default()
-    variants = grid_of(default)
+    variants = grid_of(REFERENCE, default)
     scratch = None
     models_dir = os.environ.get("KONTROL_MODELS_DIR")
     if not models_dir:  # never the repository's models/
@@ -601,14 +669,17 @@ def main(argv: list[str] | None = None) -> int:
             log(f"model outputs from {args.cache}")
             data = _load_cache(args.cache)
         else:
-            data = load_and_embed(photos, base, args.batch_size, args.seed)
+            negatives = non_animal_photos(args.negatives)
+            data = load_and_embed(photos, base, args.batch_size, args.seed, negatives)
             if args.cache:
                 _save_cache(args.cache, data)
         log(f"metrics of {len(variants)} variants")
         lineage = collection_lineage(args.images)  # its taxonomy.csv, as indexing reads it
-        results = evaluate_variants(data, base, labels, coarse, settings, variants, lineage)
+        results = evaluate_variants(
+            data, base, labels, coarse, policy_of(settings), variants, lineage
+        )
         owners = query_owners(labels, coarse, data["altered_of"])
-        summary = summarise(results, default, owners)
+        summary = summarise(results, REFERENCE, owners)
         dims = {
             v: DescriptorEmbedder(
                 base, v[0], fusion_weight=v[1], lineage_weight=v[2], fusion_temperature=v[3]
@@ -649,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "date": extra["date"],
             "loadavg": load,
+            "reference": vname(REFERENCE),
             "default": vname(default),
             "chosen": vname(chosen),
             "why": why,

@@ -47,7 +47,8 @@ def test_per_query_values_line_up_with_their_photos(choose: ModuleType) -> None:
     gallery = _cluster(rng, centres, [i // 4 for i in range(32)] + [8], 0.05)
     altered_of = np.repeat(np.arange(len(labels)), 2)
     copies = _cluster(rng, gallery, list(altered_of), 0.001)
-    values = choose.per_query(gallery, copies, altered_of, labels, coarse, Settings())
+    policy = choose.policy_of(Settings())
+    values = choose.per_query(gallery, copies, altered_of, labels, coarse, policy)
     owners = choose.query_owners(labels, coarse, altered_of)
     assert set(values) == set(choose.METRICS) == set(owners)
     for key in values:
@@ -56,6 +57,14 @@ def test_per_query_values_line_up_with_their_photos(choose: ModuleType) -> None:
     assert values["species_r1_copies"].mean() == 1.0
     assert len(values["species_r1_copies"]) == 64  # the lonely photo's copies are no species query
     assert values["near_dup_r1"].mean() == 1.0
+    # a photo far from everything is kept unnamed below the top gate; a copy of a collection
+    # photo passes every gate, and the guard sees it named
+    gate, named = choose.similarity_gate(
+        -gallery[:1], gallery, labels, policy, choose.table_lineage
+    )
+    assert gate < choose.GATES[-1] and not named.any()
+    gate, named = choose.similarity_gate(gallery[:1], gallery, labels, policy, choose.table_lineage)
+    assert gate == choose.GATES[-1] and named.tolist() == [1.0]
 
 
 def _row(choose: ModuleType, gain: float, near_dup: float = 1.0, worse: bool = False):
@@ -73,6 +82,11 @@ def test_guard_and_flat_optimum(choose: ModuleType) -> None:
     assert choose.qualifies(_row(choose, 0.1))
     assert not choose.qualifies(_row(choose, 0.1, near_dup=0.99))
     assert not choose.qualifies(_row(choose, 0.1, worse=True))
+    named = _row(choose, 0.1)
+    named[choose.NEGATIVES] = {"value": 0.25, "n": 4, "diff_vs_default": (0.25, 0.0, 0.5)}
+    assert not choose.qualifies(named)  # one of four photos with no animal got a name
+    named[choose.NEGATIVES] = {"value": 0.0, "n": 4, "diff_vs_default": (-0.25, -0.5, -0.1)}
+    assert choose.qualifies(named)  # fewer named than the default is no loss
     d = "imagenet_fusion"
     gains = {0.0: 0.0, 0.25: 0.3, 0.5: 0.0, 0.75: 0.2, 1.0: 0.2}  # a spike at 0.25
     summary = {(d, 0.2, lam, 1.0): _row(choose, g) for lam, g in gains.items()}

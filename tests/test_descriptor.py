@@ -199,7 +199,8 @@ def test_lineage_zero_is_todays_fusion_exactly(tmp_path: Path) -> None:
         models_dir=tmp_path, runtime="torch", descriptor="imagenet_fusion", lineage_weight=0.0
     )
     prints = create_embedder(settings).fingerprint
-    assert prints.endswith(f"|imagenet_fusion-w{settings.fusion_weight:g}-t1-d1")
+    w, t = settings.fusion_weight, settings.fusion_temperature
+    assert prints.endswith(f"|imagenet_fusion-w{w:g}-t{t:g}-d1")
 
 
 def test_lineage_weight_is_in_the_fingerprint(tmp_path: Path) -> None:

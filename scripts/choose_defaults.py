@@ -37,6 +37,7 @@ models/; nothing is saved: the models of each fold live in memory).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -230,14 +231,13 @@ def main() -> int:
 
     def policy(key: Key, min_probability: float | str = "auto") -> AnswerPolicy:
         k, min_sim, temperature = key
-        return AnswerPolicy(
-            k,
-            min_sim,
-            settings.classify_min_confidence,
-            min_probability,
-            args.target,
-            settings.classify_min_animal_share,
-            temperature,
+        return dataclasses.replace(
+            AnswerPolicy.from_settings(settings),
+            k=k,
+            min_similarity=min_sim,
+            min_probability=min_probability,
+            target_precision=args.target,
+            temperature=temperature,
         )
 
     grid: dict[Key, dict[str, Any]] = {}

@@ -210,19 +210,6 @@ def load_and_embed(
 # --- metrics -------------------------------------------------------------------------------------
 
 
-def policy_of(settings: Settings) -> AnswerPolicy:
-    """The engine's classification settings, as `kontrol eval` passes them."""
-    return AnswerPolicy(
-        settings.classify_neighbors,
-        settings.classify_min_similarity,
-        settings.classify_min_confidence,
-        settings.classify_min_probability,
-        settings.classify_target_precision,
-        settings.classify_min_animal_share,
-        settings.classify_vote_temperature,
-    )
-
-
 def copies_species_hits(
     queries: np.ndarray, altered_of: np.ndarray, gallery: np.ndarray, labels: list[str]
 ) -> np.ndarray:
@@ -676,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"metrics of {len(variants)} variants")
         lineage = collection_lineage(args.images)  # its taxonomy.csv, as indexing reads it
         results = evaluate_variants(
-            data, base, labels, coarse, policy_of(settings), variants, lineage
+            data, base, labels, coarse, AnswerPolicy.from_settings(settings), variants, lineage
         )
         owners = query_owners(labels, coarse, data["altered_of"])
         summary = summarise(results, REFERENCE, owners)
@@ -693,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     notes = [
         "Costs besides quality: flip_fusion runs the model twice per photo, at indexing and for "
-        "every query (BENCHMARKS.md, quality section: about 50 against 83 photos/s indexing on "
+        "every query (BENCHMARKS.md, section 2: 50.6 against 85.0 photos/s indexing on "
         "2 cores); λ > 0 grows the vector from 1680 to 1792 dims (+7 % per vector scanned); an "
         "index built with other values is rebuilt once (they are part of its fingerprint).",
         "",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from core.settings import Settings
+from kontrol.evaluation.served import AnswerPolicy
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -47,7 +48,7 @@ def test_per_query_values_line_up_with_their_photos(choose: ModuleType) -> None:
     gallery = _cluster(rng, centres, [i // 4 for i in range(32)] + [8], 0.05)
     altered_of = np.repeat(np.arange(len(labels)), 2)
     copies = _cluster(rng, gallery, list(altered_of), 0.001)
-    policy = choose.policy_of(Settings())
+    policy = AnswerPolicy.from_settings(Settings())
     values = choose.per_query(gallery, copies, altered_of, labels, coarse, policy)
     owners = choose.query_owners(labels, coarse, altered_of)
     assert set(values) == set(choose.METRICS) == set(owners)

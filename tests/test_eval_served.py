@@ -130,3 +130,17 @@ def test_rank_outcomes_check_the_named_taxon() -> None:
     assert graded.tolist() == [True, True, False, False]  # the last truth's family is unknown
     assert right.tolist() == [True, False, False, False]
     assert answers.rank_answered().tolist() == [True, True, False, True]
+
+
+def test_policy_from_settings_is_what_the_engine_serves() -> None:
+    from core.settings import load_settings
+
+    s = load_settings(
+        classify_neighbors=7, classify_min_similarity=0.5, classify_vote_temperature=0.2
+    )
+    policy = served.AnswerPolicy.from_settings(s)
+    assert (policy.k, policy.min_similarity, policy.temperature) == (7, 0.5, 0.2)
+    assert policy.min_probability == s.classify_min_probability
+    assert policy.target_precision == s.classify_target_precision
+    assert policy.min_animal_share == s.classify_min_animal_share
+    assert policy.min_confidence == s.classify_min_confidence

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from core.calibration import VoteCalibrator, fit_vote_calibration
 from core.head import HeadTrainingError, SpeciesHead
 from core.head_fit import bounded_sample, fit_head
 from core.risk_coverage import fold_of
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 #: Models fitted here are never saved; this marks them in reports and refuses a mix-up.
 EVAL_KEY = "eval:in-memory"
@@ -49,6 +52,19 @@ class AnswerPolicy:
     target_precision: float = 0.85
     min_animal_share: float = 0.25
     temperature: float = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnswerPolicy:
+        """The policy the engine serves with these settings."""
+        return cls(
+            settings.classify_neighbors,
+            settings.classify_min_similarity,
+            settings.classify_min_confidence,
+            settings.classify_min_probability,
+            settings.classify_target_precision,
+            settings.classify_min_animal_share,
+            settings.classify_vote_temperature,
+        )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,13 @@ def test_policy_from_settings_is_what_the_engine_serves() -> None:
     assert policy.target_precision == s.classify_target_precision
     assert policy.min_animal_share == s.classify_min_animal_share
     assert policy.min_confidence == s.classify_min_confidence
+
+
+def test_default_policy_is_the_engines_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate()` without a policy measures what an unconfigured engine serves."""
+    from core.settings import Settings
+
+    for name in list(os.environ):
+        if name.startswith("KONTROL_CLASSIFY"):
+            monkeypatch.delenv(name)
+    assert served.AnswerPolicy() == served.AnswerPolicy.from_settings(Settings(_env_file=None))

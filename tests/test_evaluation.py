@@ -15,6 +15,7 @@ from PIL import Image
 
 from kontrol.evaluation import ManifestError, evaluate, load_labels, metrics
 from kontrol.evaluation.augment import ALTERATIONS, alter_all
+from kontrol.evaluation.served import AnswerPolicy
 
 
 def _clusters(sizes: list[int], dim: int = 16, noise: float = 0.05, seed: int = 0):
@@ -307,7 +308,8 @@ def test_evaluate_folder_labels_without_outputs(tmp_path: Path) -> None:
     result = evaluate(
         tmp_path,
         embed_fn=_toy_embed,
-        min_similarity=1.01,  # no neighbour is ever similar enough: the engine never names one
+        # no neighbour is ever similar enough: the engine never names one
+        policy=AnswerPolicy(min_similarity=1.01),
         near_duplicates=False,
         latency_queries=0,
     )
@@ -330,8 +332,8 @@ def test_non_animal_photos_count_as_open_set_queries(tmp_path: Path) -> None:
     result = evaluate(
         tmp_path / "c",
         embed_fn=_toy_embed,
-        min_similarity=0.99,  # the engine names a species only for a very close neighbour
-        min_confidence=0.0,
+        # the engine names a species only for a very close neighbour
+        policy=AnswerPolicy(min_similarity=0.99, min_confidence=0.0),
         near_duplicates=False,
         latency_queries=0,
         negatives=negatives,

@@ -17,6 +17,7 @@ from core.imageio import load_image
 from core.settings import Settings
 from core.taxonomy import PAYLOAD_RANKS as RANK_FIELDS
 from kontrol.evaluation.runner import evaluate
+from kontrol.evaluation.served import AnswerPolicy
 
 HEADLINE = (
     "species_recall_at_1",
@@ -94,14 +95,8 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         query_fn=lambda image: engine.find_similar(image, top_k=settings.top_k),
         out_dir=out,
         json_path=args.json,
-        k=settings.classify_neighbors,
+        policy=AnswerPolicy.from_settings(settings),
         batch_size=settings.batch_size,
-        min_similarity=settings.classify_min_similarity,
-        min_confidence=settings.classify_min_confidence,
-        min_probability=settings.classify_min_probability,
-        target_precision=settings.classify_target_precision,
-        min_animal_share=settings.classify_min_animal_share,
-        vote_temperature=settings.classify_vote_temperature,
         model=embedder.name,
         negatives=non_animal_photos(args.negatives),
         stored=stored,

@@ -39,6 +39,9 @@ from kontrol.evaluation.report import (
 )
 from kontrol.evaluation.served import AnswerPolicy, held_out_answers, outsider_answers
 
+#: The product's default classification settings (KONTROL_CLASSIFY_* unset).
+DEFAULT_POLICY = AnswerPolicy()
+
 #: Images -> (N, d) embeddings; an object with an `.embeddings` array (EmbedOutput) also works.
 EmbedFn = Callable[[list[Image.Image]], Any]
 LoadFn = Callable[[Path], Image.Image]
@@ -271,18 +274,12 @@ def evaluate(
     json_path: Path | str | None = None,
     load_fn: LoadFn = default_load,
     query_fn: QueryFn | None = None,
-    k: int = 10,
+    policy: AnswerPolicy = DEFAULT_POLICY,
     batch_size: int = 32,
     seed: int = 0,
     near_duplicates: bool = True,
     latency_queries: int = 30,
     sample_queries: int = 8,
-    min_similarity: float = 0.45,
-    min_confidence: float = 0.35,
-    min_probability: float | str = "auto",
-    target_precision: float = 0.85,
-    min_animal_share: float = 0.25,
-    vote_temperature: float = 0.1,
     bootstrap_reps: int = quality.BOOTSTRAP_REPS,
     model: str | None = None,
     folds: int = 5,
@@ -293,8 +290,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate search and classification on a labelled collection; returns the metrics dict.
 
-    Species answers follow the engine (`min_similarity`, `min_confidence`, `min_probability` are
-    its KONTROL_CLASSIFY_* settings; `lineage` its taxonomy, e.g. from the index's payloads);
+    Species answers follow the engine: `policy` is its KONTROL_CLASSIFY_* settings
+    (`AnswerPolicy.from_settings`), `lineage` its taxonomy, e.g. from the index's payloads;
     `folds` is the cross-fitting of the head and calibration; `model` only labels the report.
     With `out_dir`, writes report.md, contact_sheet.png, similarity_histogram.png and eval.json
     there; `json_path` overrides where the JSON goes.
@@ -315,14 +312,10 @@ def evaluate(
     labels = [p.label for p in kept]
     coarse = [p.coarse for p in kept]
     has_coarse = any(c is not None for c in coarse)
-    policy = AnswerPolicy(
-        k,
-        min_similarity,
-        min_confidence,
-        min_probability,
-        target_precision,
-        min_animal_share,
-        vote_temperature,
+    k, min_similarity, target_precision = (
+        policy.k,
+        policy.min_similarity,
+        policy.target_precision,
     )
 
     if progress:
@@ -509,11 +502,11 @@ def evaluate(
             "seed": seed,
             "batch_size": batch_size,
             "min_similarity": min_similarity,
-            "min_confidence": min_confidence,
-            "min_probability": min_probability,
+            "min_confidence": policy.min_confidence,
+            "min_probability": policy.min_probability,
             "target_precision": target_precision,
-            "min_animal_share": min_animal_share,
-            "vote_temperature": vote_temperature,
+            "min_animal_share": policy.min_animal_share,
+            "vote_temperature": policy.temperature,
             "bootstrap_reps": bootstrap_reps,
         },
         "files": {},

@@ -21,7 +21,8 @@ by the engine from the training folds' risk-coverage curve):
    photos beyond noise (paired bootstrap 95 % interval of the gain above 0). When nothing
    qualifies, the current defaults stay and the report says so.
 4. The chosen (or current) setting is re-run with seeds 0, 1, 2 (other fold splits): precision
-   and coverage of named answers with bootstrap 95 % intervals, ECE, genus/family/order answers
+   and coverage of named answers with bootstrap 95 % intervals, ECE (and the ECE exact
+   probabilities would show on as many queries), genus/family/order answers
    and their precision, and the same with the threshold fixed at the target (no 'auto').
 5. The no-animal check (KONTROL_CLASSIFY_MIN_ANIMAL_SHARE): the largest gate on the backbone's
    ImageNet animal share that silences at most 0.5 % of the animal photos (originals and copies),
@@ -178,6 +179,12 @@ def measure(
         "negatives_answered": sum(a.get("rank") is not None for a in outsiders),
         "negatives": len(outsiders),
         "ece": round(expected_calibration_error(conf, top), 4),
+        # the ECE exact probabilities would show on these queries (a photo's copies drawn
+        # together): [median, 95th percentile]
+        "ece_if_calibrated": [
+            round(v, 4)
+            for v in quality.ece_if_calibrated(conf, groups=group[got.queries], seed=seed) or ()
+        ],
         "ece_raw_share": round(expected_calibration_error(got.raw_share(), top), 4),
         "thresholds_used": sorted({round(t, 2) for t in got.thresholds}),
         "sources": got.sources,

@@ -15,6 +15,7 @@ from PIL import Image
 
 from kontrol.evaluation import ManifestError, evaluate, load_labels, metrics
 from kontrol.evaluation.augment import ALTERATIONS, alter_all
+from kontrol.evaluation.goals import GOALS
 from kontrol.evaluation.served import AnswerPolicy
 
 
@@ -297,6 +298,13 @@ def test_evaluate_end_to_end(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(result))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Species recall@1" in report and "contact_sheet.png" in report
+    # every goal gets a verdict, in the JSON and in the report
+    assert set(result["goals"]) == {g.metric for g in GOALS}
+    recall_goal = result["goals"]["species_recall_at_1"]
+    assert recall_goal["value"] == 1.0 and recall_goal["verdict"].startswith("met")
+    assert "## Goals" in report and "| species_recall_at_1 | >= 0.65 |" in report
+    median, p95 = result["ece_if_calibrated"]
+    assert 0.0 <= median <= p95
     for name in ("contact_sheet.png", "similarity_histogram.png"):
         with Image.open(tmp_path / "out" / name) as img:
             img.verify()

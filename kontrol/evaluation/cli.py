@@ -110,5 +110,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
         interval = result["ci95"].get(key)
         ci = f" [95% CI {interval[0]}, {interval[1]}]" if interval else ""
         print(f"{key}: {result[key]}{ci} (n={result['queries'].get(key, '-')})")
+    for metric, row in result["goals"].items():
+        print(f"goal {metric} {row['target']}: {row['verdict']}")
     print(f"report: {result['files'].get('report')}")
     return 0

@@ -5,7 +5,8 @@ Everything here is held-out: each photo's vote comes from its neighbours among t
 fitted on the other folds (`cross_fitted`), never on the photo itself. Evaluation fits these
 calibrators in memory only; the one the bot serves is fitted by `kontrol train` / a re-index.
 
-- ECE (15 bins) of the top candidate's probability, with a reliability diagram;
+- ECE (15 bins) of the top candidate's probability, with a reliability diagram, and the ECE
+  that exact probabilities would show on as many queries (`ece_if_calibrated`);
 - named-answer precision: of the answers that name a species, the share that are right; coverage
   is the share of queries answered with a name; the risk-coverage curve (`core.risk_coverage`,
   which the engine also uses to choose its threshold) draws both as the threshold moves;
@@ -89,6 +90,33 @@ def cross_fitted(
 def ece_of(data: np.ndarray) -> float:
     """ECE of an (n, 2) array of [confidence, correct] rows (for `bootstrap_ci`)."""
     return expected_calibration_error(data[:, 0], data[:, 1] > 0.5, ECE_BINS)
+
+
+def ece_if_calibrated(
+    confidence: np.ndarray,
+    *,
+    groups: Sequence[object] | np.ndarray | None = None,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Median and 95th percentile of the ECE a perfectly calibrated answerer would show with these
+    confidences on this many queries (outcomes drawn as Bernoulli(confidence)).
+
+    On a few dozen queries ECE is biased upwards: even exact probabilities leave binned gaps. An
+    observed ECE under this 95th percentile is what exact probabilities could have produced.
+    Queries of one group (a photo and its augmented copies) are right or wrong together, so their
+    draws share one uniform number: fewer independent queries, a wider band."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    if conf.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        draws = rng.random((reps, conf.size))
+    else:
+        _, which = np.unique(np.asarray(groups), return_inverse=True)
+        draws = rng.random((reps, int(which.max()) + 1))[:, which]
+    eces = np.array([expected_calibration_error(conf, hit) for hit in draws < conf])
+    return float(np.median(eces)), float(np.percentile(eces, 95))
 
 
 def curve_of(held: HeldOut, min_similarity: float, grid: np.ndarray | None = None) -> Curve:

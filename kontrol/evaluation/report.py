@@ -158,6 +158,35 @@ def _with_ci(value: Any, interval: Any, percent: bool) -> str:
     return text
 
 
+def _null_ece(band: Sequence[float] | None) -> str:
+    if not band:
+        return "n/a"
+    return f"{_fmt(band[0])} (median), up to {_fmt(band[1])} (95th percentile)"
+
+
+def _goal_lines(goals: dict[str, dict[str, Any]]) -> list[str]:
+    """The goals table (`kontrol.evaluation.goals`): target, value [CI], verdict."""
+    if not goals:
+        return []
+    lines = [
+        "",
+        "## Goals",
+        "",
+        "'met' / 'missed': the whole 95 % interval is on that side of the target; "
+        "'within noise': only the point estimate is.",
+        "",
+        "| Goal | Target | Value [95% CI] | Queries | Verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for metric, row in goals.items():
+        value = _with_ci(row.get("value"), row.get("ci95"), False)
+        lines.append(
+            f"| {metric} | {row['target']} | {value} | {row.get('queries', 'n/a')} | "
+            f"{row['verdict']} |"
+        )
+    return lines
+
+
 def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
     """Markdown summary of an `evaluate()` result; picture links are relative to the report."""
     path = Path(path)
@@ -194,11 +223,14 @@ def write_markdown(path: Path | str, result: dict[str, Any]) -> Path:
             f"{_fmt(cfg.get('target_precision'), True)}): "
             f"coverage {_fmt(result.get('named_answer_coverage'), True)} of queries; answers at "
             f"a higher rank: {_fmt(result.get('rank_answer_coverage'), True)}; raw vote "
-            f"share ECE {_fmt(result.get('ece_raw_share'))}. Lowest threshold keeping "
+            f"share ECE {_fmt(result.get('ece_raw_share'))}. Exact probabilities on as many "
+            f"queries would show ECE {_null_ece(result.get('ece_if_calibrated'))}. Lowest "
+            "threshold keeping "
             f"precision >= {_fmt(rc.get('target_precision'), True)} on a plateau (+-0.05): "
             f"{_fmt(rc.get('threshold_for_target'), digits=2)}. Intervals: bootstrap over "
             f"queries, {cfg.get('bootstrap_reps')} reps, seed {cfg['seed']}.",
         ]
+    lines += _goal_lines(result.get("goals") or {})
     lines += [
         "",
         "| Speed | Value |",

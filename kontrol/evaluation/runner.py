@@ -29,6 +29,7 @@ from core.imagenet import animal_share
 from core.risk_coverage import MIN_NAMED, choose_threshold
 from kontrol.evaluation import metrics, quality
 from kontrol.evaluation.augment import alter_all
+from kontrol.evaluation.goals import goal_table
 from kontrol.evaluation.labels import LabelledPhoto, load_labels
 from kontrol.evaluation.report import (
     Neighbour,
@@ -361,11 +362,12 @@ def evaluate(
             best_similarity=served.best_similarity(),
             fold=np.zeros(asked, dtype=np.int64),
         )
-    ece = ece_raw = None
+    ece = ece_raw = ece_null = None
     threshold_for_target = None
     curve = None
     if held is not None:
         ece = expected_calibration_error(held.confidence, held.correct)
+        ece_null = quality.ece_if_calibrated(held.confidence, reps=bootstrap_reps, seed=seed)
         ece_raw = expected_calibration_error(held.raw, held.correct)
         curve = quality.curve_of(held, min_similarity)
         threshold_for_target = choose_threshold(
@@ -426,6 +428,8 @@ def evaluate(
         "near_duplicate_recall_at_1": _round(near_dup.value),
         "ece": _round(ece),
         "ece_raw_share": _round(ece_raw),
+        # [median, 95th percentile] of the ECE exact probabilities would show on these queries
+        "ece_if_calibrated": None if ece_null is None else [_round(v) for v in ece_null],
         "named_answer_precision": _round(named_hits.value),
         "named_answer_coverage": _round(named_hits.n / asked) if asked else None,
         "rank_answer_precision": _round(rank_hits.value),
@@ -538,6 +542,7 @@ def evaluate(
     if json_target is not None:
         result["files"]["json"] = str(json_target)
     result["timing"]["total_seconds"] = _round(time.perf_counter() - began, 3)
+    result["goals"] = goal_table(result)
     if out_dir is not None:
         write_markdown(result["files"]["report"], result)
     if json_target is not None:

@@ -43,7 +43,7 @@ bench: $(STAMP) demo-data
 
 eval: $(STAMP) demo-data
 	$(VENV)/bin/kontrol eval --images data/demo --manifest data/demo/manifest.csv \
-		--json eval_out/metrics.json --out eval_out
+		--negatives data/demo_negatives --json eval_out/metrics.json --out eval_out
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -15,6 +15,8 @@ from core.cli import main as core_main
 from core.settings import Settings
 
 DEFAULT_DEMO_DIR = Path("data/demo")
+#: Where `demo-data` puts the photos with no animal (`kontrol.demo.negatives`).
+DEFAULT_NEGATIVES_DIR = Path("data/demo_negatives")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -36,9 +38,12 @@ def Engine(settings: Settings):
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from kontrol.demo.demo_data import build_demo_collection
+    from kontrol.demo.negatives import build_negatives
 
     report = build_demo_collection(Path(args.dest), deb=args.deb, force=args.force)
     print(f"Demo collection ready: {report}")
+    negatives = build_negatives(Path(args.negatives), deb=args.deb, force=args.force)
+    print(f"Photos with no animal (open-set checks): {negatives}")
     return 0
 
 
@@ -159,6 +164,11 @@ def register(sub: Any, common: Callable[..., None]) -> None:
     p = sub.add_parser("demo-data", help="build the labelled demo collection (gcompris-qt-data)")
     p.add_argument("--dest", default=str(DEFAULT_DEMO_DIR))
     p.add_argument("--deb", type=Path, help="use this gcompris-qt-data .deb instead of apt-get")
+    p.add_argument(
+        "--negatives",
+        default=str(DEFAULT_NEGATIVES_DIR),
+        help="where the photos with no animal go (for kontrol eval / choose_defaults)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if present")
     p.set_defaults(func=cmd_demo_data)
 

@@ -19,7 +19,8 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -308,6 +309,15 @@ def read_rcc_from_deb(deb: Path, names: Iterable[str] = RCC_FILES) -> dict[str, 
     return found
 
 
+def package_resources(
+    names: Iterable[str], deb: Path | None, cache_dir: Path | None
+) -> tuple[dict[str, bytes], str]:
+    """The named `.rcc` files of the package (`deb`, else the cached or apt-fetched one) and its
+    version."""
+    deb = Path(deb) if deb is not None else download_deb(Path(cache_dir or DEFAULT_CACHE_DIR))
+    return read_rcc_from_deb(deb, sorted(names)), deb_version(deb)
+
+
 def _rcc_via_dpkg(dpkg: str, deb: Path, wanted: Mapping[str, str]) -> dict[str, bytes]:
     with subprocess.Popen(
         [dpkg, "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -392,27 +402,17 @@ def build_demo_collection(
             seconds=time.perf_counter() - started,
             rebuilt=False,
         )
-    _check_replaceable(dest)
+    check_replaceable(dest)
     version = ""
     if rcc is None:
-        deb = Path(deb) if deb is not None else download_deb(Path(cache_dir or DEFAULT_CACHE_DIR))
-        version = deb_version(deb)
-        rcc = read_rcc_from_deb(deb, sorted({p.rcc_file for p in photos}))
+        rcc, version = package_resources({p.rcc_file for p in photos}, deb, cache_dir)
     archives = _open_archives(rcc, photos)
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(dest)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the collection is meant to be shared
-    try:
+    with staged_build(dest) as tmp:
         final, warnings = _write_collection(tmp, photos, archives)
         _write_attribution(tmp / ATTRIBUTION, final, version)
         _write_taxonomy(tmp, final)
         _write_manifest(tmp / MANIFEST, final)  # last: its presence marks a complete collection
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return DemoReport(
         photos=len(final),
         taxa=len({p.scientific_name for p in final}),
@@ -436,7 +436,7 @@ def is_complete(dest: Path, photos: list[DemoPhoto]) -> bool:
     return listed == expected and all((dest / rel).is_file() for rel in expected)
 
 
-def _check_replaceable(dest: Path) -> None:
+def check_replaceable(dest: Path) -> None:
     """Never delete a folder we did not make: only an empty one or a previous demo build."""
     if not dest.exists():
         return
@@ -561,6 +561,24 @@ def _write_attribution(path: Path, photos: list[DemoPhoto], version: str) -> Non
             f"Changes: {_modifications(photo)}."
         )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def staged_build(dest: Path) -> Iterator[Path]:
+    """A folder beside `dest` to build into: renamed onto `dest` when the block succeeds, removed
+    when it fails, so an interrupted build never leaves a half-built folder. Refuses a `dest`
+    that holds anything but a previous build (`check_replaceable`)."""
+    check_replaceable(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the collection is meant to be shared
+    try:
+        yield tmp
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _remove_leftovers(dest: Path) -> None:

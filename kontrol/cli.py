@@ -15,8 +15,6 @@ from core.cli import main as core_main
 from core.settings import Settings
 
 DEFAULT_DEMO_DIR = Path("data/demo")
-#: Where `demo-data` puts the photos with no animal (`kontrol.demo.negatives`).
-DEFAULT_NEGATIVES_DIR = Path("data/demo_negatives")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -161,12 +159,14 @@ def _register_insight(sub: Any, common: Callable[..., None]) -> None:
 
 def register(sub: Any, common: Callable[..., None]) -> None:
     """Add the bot's and the tools' subcommands to the engine's parser."""
+    from kontrol.demo.negatives import DEFAULT_DIR as NEGATIVES_DIR
+
     p = sub.add_parser("demo-data", help="build the labelled demo collection (gcompris-qt-data)")
     p.add_argument("--dest", default=str(DEFAULT_DEMO_DIR))
     p.add_argument("--deb", type=Path, help="use this gcompris-qt-data .deb instead of apt-get")
     p.add_argument(
         "--negatives",
-        default=str(DEFAULT_NEGATIVES_DIR),
+        default=str(NEGATIVES_DIR),
         help="where the photos with no animal go (for kontrol eval / choose_defaults)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if present")
@@ -178,7 +178,9 @@ def register(sub: Any, common: Callable[..., None]) -> None:
     p.add_argument("--json", help="write the metrics JSON here")
     p.add_argument("--out", default="eval_out", help="folder for the report and pictures")
     p.add_argument(
-        "--negatives", help="folder of photos with no animal (open-set check); default: samples"
+        "--negatives",
+        help="folder of photos with no animal (open-set check); default: data/demo_negatives "
+        "when built, else sample photos",
     )
     common(p)
     p.set_defaults(func=cmd_eval)

@@ -10,24 +10,27 @@ by the engine from the training folds' risk-coverage curve):
    its own photo or that photo's copies (grouped), and the head and calibration answering it were
    fitted on the other folds (5 folds by photo): what a new photo of an indexed species, or of a
    species the collection lacks, gets from the engine.
-3. Grid: k in {5, 10, 20} x min similarity in {0.35 .. 0.65} x vote temperature in
+3. The no-animal check (KONTROL_CLASSIFY_MIN_ANIMAL_SHARE), chosen first and from animal photos
+   only: the largest gate on the backbone's ImageNet animal share that silences at most 0.5 % of
+   the animal photos (originals and copies), with how many of the photos with no animal it
+   silences.
+4. Grid: k in {5, 10, 20} x min similarity in {0.35 .. 0.65} x vote temperature in
    {0.02, 0.05, 0.1}, seed 0. Named answers are those
    that name a taxon at any rank (species, genus, family, order, class); one whose truth has no
    known taxon at that rank is not graded. A setting qualifies when the graded named answers reach
-   the target precision (>= 10 of them) and every photo with no animal (`kontrol eval`'s
-   negatives: the sample photos inside installed packages) still gets "not sure"; it is on the
-   plateau when its grid neighbours qualify too (a flat optimum, not an edge). The default is the
-   plateau setting nearest the current defaults, unless another plateau setting names more
+   the target precision (>= 10 of them) and every photo with no animal (--negatives, by default
+   `data/demo_negatives` from `kontrol demo-data`, else the sample photos inside installed
+   packages) still gets "not sure" from the served pipeline: the gate of step 3, then the
+   similarity gate (how many the similarity gate alone would let through is reported too). It is
+   on the plateau when its grid neighbours qualify too (a flat optimum, not an edge). The default
+   is the plateau setting nearest the current defaults, unless another plateau setting names more
    photos beyond noise (paired bootstrap 95 % interval of the gain above 0). When nothing
-   qualifies, the current defaults stay and the report says so.
-4. The chosen (or current) setting is re-run with seeds 0, 1, 2 (other fold splits): precision
+   qualifies, the current defaults stay and the report says so. (Animal photos are answered
+   without the gate of step 3: it silences at most 0.5 % of them.)
+5. The chosen (or current) setting is re-run with seeds 0, 1, 2 (other fold splits): precision
    and coverage of named answers with bootstrap 95 % intervals, ECE (and the ECE exact
    probabilities would show on as many queries), genus/family/order answers
    and their precision, and the same with the threshold fixed at the target (no 'auto').
-5. The no-animal check (KONTROL_CLASSIFY_MIN_ANIMAL_SHARE): the largest gate on the backbone's
-   ImageNet animal share that silences at most 0.5 % of the animal photos (originals and copies),
-   with how many of the photos with no animal it silences. (The grid above runs without it: the
-   similarity gate has to hold on its own.)
 
 Run: PYTHONPATH=. python scripts/choose_defaults.py [--images data/demo] [--target 0.85]
      [--negatives DIR]
@@ -139,9 +142,15 @@ def measure(
     policy: AnswerPolicy,
     seed: int,
     negatives: np.ndarray,
+    negative_shares: np.ndarray,
+    animal_gate: float,
     lineage: LineageFn,
 ) -> dict[str, Any]:
-    """Served answers for every query (grouped, collection = originals) and what they score."""
+    """Served answers for every query (grouped, collection = originals) and what they score.
+
+    A photo with no animal is named when the similarity gate lets it through and its ImageNet
+    animal share reaches `animal_gate` (the served pipeline); how many the similarity gate alone
+    would let through is counted too."""
     got = held_out_answers(
         x, labels, policy, folds=FOLDS, seed=seed, groups=group, voters=original, lineage=lineage
     )
@@ -150,6 +159,7 @@ def measure(
     any_graded, any_right = named | graded, right | rank_right
     kept = [lab for lab, o in zip(labels, original, strict=True) if o]
     outsiders = outsider_answers(negatives, x[original], kept, policy, lineage=lineage)
+    passed = np.array([a.get("rank") is not None for a in outsiders], dtype=bool)
     conf, top = got.confidence(), got.top_correct()
     hits = right[named].astype(float)
     ci = quality.bootstrap_ci(hits, seed=seed) if hits.size else None
@@ -176,7 +186,8 @@ def measure(
         "precision_any_rank": (
             round(float(any_right[any_graded].mean()), 3) if any_graded.any() else None
         ),
-        "negatives_answered": sum(a.get("rank") is not None for a in outsiders),
+        "negatives_answered": int((passed & (negative_shares >= animal_gate)).sum()),
+        "negatives_named_by_similarity": int(passed.sum()),
         "negatives": len(outsiders),
         "ece": round(expected_calibration_error(conf, top), 4),
         # the ECE exact probabilities would show on these queries (a photo's copies drawn
@@ -208,7 +219,7 @@ def main() -> int:
     parser.add_argument(
         "--negatives",
         default=None,
-        help="folder of photos with no animal (default: the sample photos of installed packages)",
+        help="folder of photos with no animal (default: as `kontrol eval`)",
     )
     args = parser.parse_args()
     settings = _settings()
@@ -250,7 +261,18 @@ def main() -> int:
     grid: dict[Key, dict[str, Any]] = {}
     answered: dict[Key, np.ndarray] = {}
     for key in itertools.product(*axes):
-        grid[key] = measure(x, labels, group, original, policy(key), 0, negatives, lineage)
+        grid[key] = measure(
+            x,
+            labels,
+            group,
+            original,
+            policy(key),
+            0,
+            negatives,
+            negative_shares,
+            animal_gate,
+            lineage,
+        )
         answered[key] = grid[key].pop("_answered")
 
     def position(key: Key) -> tuple[int, ...]:
@@ -288,7 +310,8 @@ def main() -> int:
         chosen = best if beyond else incumbent
         rule = (
             "the plateau setting nearest the current defaults (named answers of any rank at the "
-            "target precision, no photo without an animal named, all grid neighbours alike); "
+            "target precision, no photo without an animal named by the served pipeline, all "
+            "grid neighbours alike); "
             f"(k, min similarity, temperature) {best} names most, "
             f"{'beyond' if beyond else 'within'} noise of {incumbent}"
         )
@@ -303,6 +326,8 @@ def main() -> int:
                 policy(chosen, min_probability),
                 seed,
                 negatives,
+                negative_shares,
+                animal_gate,
                 lineage,
             )
             for seed in SEEDS

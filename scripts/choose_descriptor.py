@@ -16,9 +16,10 @@ Procedure (issue 9, item 2: every default picked by a written procedure, flat op
    KONTROL_CLASSIFY_* settings, held out): top-1 accuracy on known species, answers right at some
    rank (species, genus, family, order or class) over every photo, and the open-set "not sure"
    rate. The served answers use the variant's own similarity gate: the lowest of 0.35 .. 0.65
-   at which no photo with no animal (`kontrol eval`'s negatives, or --negatives DIR) gets a
-   name from the similarity gate alone, as `scripts/choose_defaults.py` requires; a descriptor
-   that raises every similarity needs a higher gate and pays for it in answers. Each metric has
+   at which no photo with no animal (--negatives DIR, by default `data/demo_negatives` when
+   built, else `kontrol eval`'s samples) gets a name from the served pipeline (the configured
+   no-animal gate, then the similarity gate), as `scripts/choose_defaults.py` requires; a
+   descriptor that raises every similarity needs a higher gate and pays for it in answers. Each metric has
    a 95 % bootstrap interval and the paired difference to a fixed reference, the first round's
    default imagenet_fusion w 0.2, λ 0, T 1 (the same resampled queries for both).
 3. Guard: a variant qualifies when near-duplicate R@1 stays >= 0.995 (the issue's goal), some
@@ -65,6 +66,7 @@ from core.embedders import create_embedder  # noqa: E402
 from core.embedders.base import Embedder, EmbedOutput  # noqa: E402
 from core.embedders.descriptor import DescriptorEmbedder  # noqa: E402
 from core.imageio import load_image  # noqa: E402
+from core.imagenet import animal_share  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
 from core.taxonomy import collection_lineage  # noqa: E402
 from kontrol.evaluation import metrics, quality  # noqa: E402
@@ -352,13 +354,18 @@ def similarity_gate(
     labels: list[str],
     policy: AnswerPolicy,
     lineage: LineageFn,
+    animal_shares: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """The lowest gate of GATES at which the served answers name none of the photos with no
-    animal (`empty`), and which of them are named there (the last gate's when none holds)."""
+    animal (`empty`, with their ImageNet `animal_shares` for the engine's no-animal check), and
+    which of them are named there (the last gate's when none holds)."""
     named = np.zeros(len(empty))
+    shares = None if animal_shares is None else [float(v) for v in animal_shares]
     for gate in GATES:
         at = dataclasses.replace(policy, min_similarity=gate)
-        answers = outsider_answers(empty, gallery, labels, at, lineage=lineage)
+        answers = outsider_answers(
+            empty, gallery, labels, at, lineage=lineage, animal_shares=shares
+        )
         named = np.array([a["rank"] is not None for a in answers], dtype=np.float64)
         if not named.any():
             return gate, named
@@ -377,6 +384,8 @@ def evaluate_variants(
     """Per-query metric values of every variant, each from `DescriptorEmbedder._fuse`, its
     served answers at its own similarity gate (`similarity_gate`)."""
     results: dict[Variant, Values] = {}
+    # the backbone's ImageNet animal share: the same for every variant (from the plain logits)
+    empty_shares = np.array([animal_share(row) or 0.0 for row in data["negatives"]["plain"][1]])
     for number, v in enumerate(variants, start=1):
         descriptor, w, lam, t = v
         source = "flip" if descriptor == "flip_fusion" else "plain"
@@ -386,7 +395,7 @@ def evaluate_variants(
         gallery = fuse(EmbedOutput(*data["originals"][source])).embeddings
         queries = fuse(EmbedOutput(*data["altered"][source])).embeddings
         empty = fuse(EmbedOutput(*data["negatives"][source])).embeddings
-        gate, named = similarity_gate(empty, gallery, labels, policy, lineage)
+        gate, named = similarity_gate(empty, gallery, labels, policy, lineage, empty_shares)
         at = dataclasses.replace(policy, min_similarity=gate)
         results[v] = per_query(gallery, queries, data["altered_of"], labels, coarse, at, lineage)
         results[v][NEGATIVES] = named

@@ -66,6 +66,12 @@ def test_per_query_values_line_up_with_their_photos(choose: ModuleType) -> None:
     assert gate < choose.GATES[-1] and not named.any()
     gate, named = choose.similarity_gate(gallery[:1], gallery, labels, policy, choose.table_lineage)
     assert gate == choose.GATES[-1] and named.tolist() == [1.0]
+    # ... unless the backbone sees no animal in it: the served no-animal check keeps it unnamed
+    low = np.array([policy.min_animal_share / 2])
+    gate, named = choose.similarity_gate(
+        gallery[:1], gallery, labels, policy, choose.table_lineage, low
+    )
+    assert gate == choose.GATES[0] and not named.any()
 
 
 def _row(choose: ModuleType, gain: float, near_dup: float = 1.0, worse: bool = False):

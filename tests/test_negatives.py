@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kontrol.demo.demo_data import ATTRIBUTION, DemoDataError
-from kontrol.demo.negatives import LIST_FILE, build_negatives, is_complete
+from kontrol.demo.negatives import DEFAULT_DIR, LIST_FILE, build_negatives, is_complete
 from tests.test_rcc import write_rcc
 
 MONUMENTS = "gcompris/src/activities/explore_monuments/resource"
@@ -103,3 +103,23 @@ def test_refuses_a_foreign_folder_and_a_wrong_package(tmp_path: Path) -> None:
     with pytest.raises(DemoDataError, match="not a valid Qt resource file"):
         build_negatives(tmp_path / "neg", rcc={**fake_rcc(), "categorization.rcc": b"qres"})
     assert not (tmp_path / "neg").exists()
+
+
+def test_eval_uses_the_built_negatives_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kontrol.evaluation.cli import non_animal_photos
+
+    monkeypatch.chdir(tmp_path)
+    samples = non_animal_photos(None)  # nothing built here: the packages' sample photos
+    assert all(p.is_file() and "site-packages" in str(p) for p in samples)
+    build_negatives(DEFAULT_DIR, rcc=fake_rcc())
+    assert [p.name for p in non_animal_photos(None)] == [
+        "others-cup.jpg",
+        "tools-hammer1.jpg",
+        "wonders-petra.jpg",
+    ]
+    other = tmp_path / "mine"
+    other.mkdir()
+    Image.new("RGB", (40, 40)).save(other / "wall.png")
+    assert [p.name for p in non_animal_photos(str(other))] == ["wall.png"]

@@ -44,6 +44,8 @@ SOURCES: Mapping[str, tuple[str, ...]] = {
 EXCLUDED = frozenset({"brandenburgGate.webp", "arcDeTriomphe.webp"})
 IMAGE_SUFFIXES = (".webp", ".jpg", ".jpeg", ".png")
 LIST_FILE = "negatives.csv"
+#: Where `kontrol demo-data` puts them; `kontrol eval` and the tuning scripts look here first.
+DEFAULT_DIR = Path("data/demo_negatives")
 
 
 @dataclass(frozen=True)

@@ -38,10 +38,14 @@ HEADLINE = (
 
 
 def non_animal_photos(folder: str | None) -> list[Path]:
-    """Photos with no animal for the open-set check: --negatives DIR, else the real sample photos
-    that ship inside installed packages (matplotlib, scikit-learn), when present."""
+    """Photos with no animal for the open-set check: --negatives DIR, else the demo's 156 when
+    `kontrol demo-data` built them (`kontrol.demo.negatives`), else the real sample photos that
+    ship inside installed packages (matplotlib, scikit-learn), when present."""
     from core.imageio import is_image_file
+    from kontrol.demo.negatives import DEFAULT_DIR, is_complete
 
+    if not folder and is_complete(DEFAULT_DIR):
+        folder = str(DEFAULT_DIR)
     if folder:
         return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
     found = []

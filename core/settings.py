@@ -69,7 +69,7 @@ class Settings(BaseSettings):
             "imagenet_fusion (embedding joined with the ImageNet animal-class probabilities; "
             "1680 dims, 1792 with lineage_weight > 0), or flip_fusion (both). model=checkpoint "
             "has no ImageNet head, so the fusion part is dropped there. Part of the index "
-            "fingerprint: changing it rebuilds the index. imagenet_fusion, w 0.2, λ 0.75, T 0.5 were "
+            "fingerprint: changing it rebuilds the index. imagenet_fusion, w 0.2, λ 1, T 0.25 were "
             "chosen together by scripts/choose_descriptor.py (BENCHMARKS.md); flip_fusion's "
             "second model pass gained nothing beyond noise there."
         ),
@@ -85,25 +85,25 @@ class Settings(BaseSettings):
         ),
     )
     lineage_weight: float = Field(
-        0.75,
+        1.0,
         ge=0.0,
         le=1.0,
         description=(
             "imagenet_fusion / flip_fusion: share of the class part moved from ImageNet's classes to "
             "their genus, family, order and class (core/data/imagenet_lineage.csv), so two species "
             "of one genus or family count as near (1792 dims). 0 = plain fusion (1680-d vectors). "
-            "Part of the index fingerprint when > 0. 0.75: chosen with the descriptor by "
+            "Part of the index fingerprint when > 0. 1: chosen with the descriptor by "
             "scripts/choose_descriptor.py (coarse figures and served answers up, species figures "
             "within noise)."
         ),
     )
     fusion_temperature: float = Field(
-        0.5,
+        0.25,
         gt=0.0,
         le=10.0,
         description=(
             "imagenet_fusion / flip_fusion: softmax temperature of the class probabilities "
-            "(>1 flattens them, <1 sharpens). 0.5: chosen with the descriptor by "
+            "(>1 flattens them, <1 sharpens). 0.25: chosen with the descriptor by "
             "scripts/choose_descriptor.py."
         ),
     )
@@ -177,7 +177,7 @@ class Settings(BaseSettings):
         ),
     )
     classify_vote_temperature: float = Field(
-        0.1,
+        0.02,
         gt=0.0,
         le=1.0,
         description=(
@@ -186,12 +186,13 @@ class Settings(BaseSettings):
         ),
     )
     classify_min_similarity: float = Field(
-        0.45,
+        0.5,
         ge=-1.0,
         le=1.0,
         description=(
             "Open-set threshold: if the best neighbour's cosine similarity is below this, the "
-            "classifier answers species=None ('not sure') with the closest candidates."
+            "classifier answers species=None ('not sure') with the closest candidates. 0.5: "
+            "chosen by scripts/choose_defaults.py (no photo of 156 with no animal named)."
         ),
     )
     classify_min_confidence: float = Field(

@@ -86,7 +86,7 @@ OUT = ROOT / "BENCHMARKS.md"
 DESCRIPTORS = ("imagenet_fusion", "flip_fusion")
 WEIGHTS = (0.1, 0.2, 0.35, 0.5)
 LAMBDAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-TEMPERATURES = (0.25, 0.5, 1.0, 2.0)
+TEMPERATURES = (0.125, 0.25, 0.5, 1.0)
 METRICS = {
     "species_r1": "species R@1",
     "species_r1_copies": "species R@1 (copies)",

@@ -46,12 +46,12 @@ class AnswerPolicy:
     """The engine's classification settings (KONTROL_CLASSIFY_*)."""
 
     k: int = 5
-    min_similarity: float = 0.45
+    min_similarity: float = 0.5
     min_confidence: float = 0.35
     min_probability: float | str = "auto"
     target_precision: float = 0.85
     min_animal_share: float = 0.25
-    temperature: float = 0.1
+    temperature: float = 0.02
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnswerPolicy:

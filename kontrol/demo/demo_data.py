@@ -406,7 +406,7 @@ def build_demo_collection(
     version = ""
     if rcc is None:
         rcc, version = package_resources({p.rcc_file for p in photos}, deb, cache_dir)
-    archives = _open_archives(rcc, photos)
+    archives = open_archives(rcc, {p.rcc_file for p in photos})
 
     with staged_build(dest) as tmp:
         final, warnings = _write_collection(tmp, photos, archives)
@@ -453,9 +453,10 @@ def check_replaceable(dest: Path) -> None:
         )
 
 
-def _open_archives(rcc: Mapping[str, bytes], photos: list[DemoPhoto]) -> dict[str, RccArchive]:
+def open_archives(rcc: Mapping[str, bytes], names: Iterable[str]) -> dict[str, RccArchive]:
+    """The named resource files parsed (`DemoDataError` for a missing or damaged one)."""
     archives = {}
-    for name in sorted({p.rcc_file for p in photos}):
+    for name in sorted(names):
         if name not in rcc:
             raise DemoDataError(f"The resource file {name} is missing from the package.")
         try:
@@ -463,6 +464,23 @@ def _open_archives(rcc: Mapping[str, bytes], photos: list[DemoPhoto]) -> dict[st
         except RccError as exc:
             raise DemoDataError(str(exc)) from None
     return archives
+
+
+def readme_credits(archive: RccArchive, folder: str) -> dict[str, Attribution]:
+    """File name -> credit from `<folder>/README` in `archive` (empty when there is none)."""
+    readme = f"{folder}/README"
+    return parse_readme(
+        archive.read(readme).decode("utf-8", "replace") if readme in archive else ""
+    )
+
+
+def save_as_jpeg(archive: RccArchive, resource_path: str, target: Path) -> None:
+    """Decode one photo of `archive` and write it as JPEG (`DemoDataError` if it cannot be read)."""
+    try:
+        image = load_image(archive.read(resource_path), min_side=32)
+    except (ImageError, RccError) as exc:
+        raise DemoDataError(f"{resource_path}: {exc}") from None
+    image.save(target, "JPEG", quality=JPEG_QUALITY, optimize=True)
 
 
 def _write_collection(
@@ -476,21 +494,15 @@ def _write_collection(
         folder = str(PurePosixPath(photo.resource_path).parent)
         key = (photo.rcc_file, folder)
         if key not in readmes:
-            readme = f"{folder}/README"
-            text = archive.read(readme).decode("utf-8", "replace") if readme in archive else ""
-            readmes[key] = parse_readme(text)
+            readmes[key] = readme_credits(archive, folder)
         credit = readmes[key].get(PurePosixPath(photo.resource_path).name)
         photo, problems = merge_attribution(photo, credit)
         warnings.extend(problems)
         if photo.resource_path not in archive:
             raise DemoDataError(f"{photo.rcc_file} has no photo {photo.resource_path}.")
-        try:
-            image = load_image(archive.read(photo.resource_path), min_side=32)
-        except (ImageError, RccError) as exc:
-            raise DemoDataError(f"{photo.resource_path}: {exc}") from None
         target = root / photo.relpath
         target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, "JPEG", quality=JPEG_QUALITY, optimize=True)
+        save_as_jpeg(archive, photo.resource_path, target)
         sidecar = target.with_suffix(".json")
         sidecar.write_text(
             json.dumps(_sidecar(photo), ensure_ascii=False, indent=2) + "\n", "utf-8"

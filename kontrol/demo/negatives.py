@@ -17,20 +17,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from core.errors import ImageError
-from core.imageio import load_image
 from kontrol.demo.demo_data import (
     ATTRIBUTION,
     JPEG_QUALITY,
     PACKAGE,
     Attribution,
-    DemoDataError,
     check_replaceable,
+    open_archives,
     package_resources,
-    parse_readme,
+    readme_credits,
+    save_as_jpeg,
     staged_build,
 )
-from kontrol.demo.rcc import RccArchive, RccError
+from kontrol.demo.rcc import RccArchive
 
 #: Resource file -> folders (with a README each, or below one) whose photos show no animal.
 SOURCES: Mapping[str, tuple[str, ...]] = {
@@ -87,7 +86,7 @@ def list_negatives(archives: Mapping[str, RccArchive]) -> tuple[list[NegativePho
     for rcc_file, folders in SOURCES.items():
         archive = archives[rcc_file]
         for folder in folders:
-            credits = parse_readme(_read_text(archive, f"{folder}/README"))
+            credits = readme_credits(archive, folder)
             for path in sorted(archive.paths()):
                 name = PurePosixPath(path).name
                 inside = path.startswith(f"{folder}/")
@@ -101,21 +100,23 @@ def list_negatives(archives: Mapping[str, RccArchive]) -> tuple[list[NegativePho
     return photos, uncredited
 
 
-def _read_text(archive: RccArchive, path: str) -> str:
-    return archive.read(path).decode("utf-8", "replace") if path in archive else ""
-
-
-def is_complete(dest: Path) -> bool:
-    """True if `dest` holds a finished build: its list, credits and every listed photo."""
+def complete_build(dest: Path) -> list[str] | None:
+    """The photos of a finished build in `dest` (its list, credits and every listed photo
+    present), else None."""
     listing = dest / LIST_FILE
     if not listing.is_file() or not (dest / ATTRIBUTION).is_file():
-        return False
+        return None
     try:
         with listing.open(newline="", encoding="utf-8") as fh:
             files = [row["file"] for row in csv.DictReader(fh)]
     except (OSError, KeyError, csv.Error, UnicodeDecodeError):
-        return False
-    return bool(files) and all((dest / f).is_file() for f in files)
+        return None
+    return files if files and all((dest / f).is_file() for f in files) else None
+
+
+def is_complete(dest: Path) -> bool:
+    """True if `dest` holds a finished build."""
+    return complete_build(dest) is not None
 
 
 def build_negatives(
@@ -132,22 +133,14 @@ def build_negatives(
     the package step; tests use it."""
     started = time.perf_counter()
     dest = Path(dest)
-    if not force and is_complete(dest):
-        with (dest / LIST_FILE).open(newline="", encoding="utf-8") as fh:
-            count = sum(1 for _ in csv.DictReader(fh))
-        return NegativesReport(count, dest, time.perf_counter() - started, rebuilt=False)
+    built = None if force else complete_build(dest)
+    if built is not None:
+        return NegativesReport(len(built), dest, time.perf_counter() - started, rebuilt=False)
     check_replaceable(dest)
     version = ""
     if rcc is None:
         rcc, version = package_resources(SOURCES, deb, cache_dir)
-    try:
-        archives = {name: RccArchive(rcc[name], name=name) for name in SOURCES}
-    except KeyError as exc:
-        raise DemoDataError(
-            f"The resource file {exc.args[0]} is missing from the package."
-        ) from None
-    except RccError as exc:
-        raise DemoDataError(str(exc)) from None
+    archives = open_archives(rcc, SOURCES)
     photos, uncredited = list_negatives(archives)
     with staged_build(dest) as tmp:
         for photo in photos:
@@ -160,12 +153,8 @@ def build_negatives(
 
 
 def _write_photo(root: Path, photo: NegativePhoto, archive: RccArchive) -> None:
-    try:
-        image = load_image(archive.read(photo.resource_path), min_side=32)
-    except (ImageError, RccError) as exc:
-        raise DemoDataError(f"{photo.resource_path}: {exc}") from None
     target = root / photo.file
-    image.save(target, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    save_as_jpeg(archive, photo.resource_path, target)
     sidecar = {
         "licence": photo.credit.licence,
         "author": photo.credit.copyright,
